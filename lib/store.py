@@ -1,0 +1,298 @@
+"""The results store: one folder per experiment, Parquet tables, atomic writes, content-addressed runs.
+
+Layout of a store root::
+
+    STORE/
+      <experiment>/
+        config.json                      resolved experiment config
+        runs/<run_id>/                   one trained model (content-addressed by its config)
+            config.json  checkpoints/  done
+        predictions/<model>/<split>.parquet   logits per (model, split)
+        subsplits/<split>.parquet        in/out-of-support membership per example (split flow)
+        tables/<name>.parquet            metrics, ER, ... (Polars reads them in one line)
+        tables/<name>.config.json        resolved config beside each table
+        plots/<name>.png
+        report.md
+
+Every write goes to a temporary file in the same folder and is renamed into place, so a
+killed process never leaves a half-written file under a final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+_SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+
+
+def safe_name(name: str) -> str:
+    """A file-system-safe version of a model or split name (``timm:vit.augreg`` -> ``timm_vit.augreg``)."""
+    cleaned = _SAFE.sub("_", name).strip("._")
+    if not cleaned:
+        raise ValueError(f"name {name!r} has no usable characters")
+    return cleaned
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Turn dataclasses, pydantic models, paths, enums, numpy scalars and tuples into JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if hasattr(obj, "model_dump") and callable(obj.model_dump):
+        return to_jsonable(obj.model_dump(mode="json"))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    return obj
+
+
+def content_hash(obj: Any, length: int = 12) -> str:
+    """A short, stable hash of a config (sorted JSON), used to name runs and cache results."""
+    text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:  # flush to disk before the rename makes it visible
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def atomic_write_parquet(path: str | os.PathLike, df: Any) -> Path:
+    """Write a Polars (or pandas) DataFrame as Parquet atomically."""
+    import polars as pl
+
+    if not isinstance(df, pl.DataFrame):
+        df = pl.from_pandas(df) if hasattr(df, "to_records") else pl.DataFrame(df)
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp)
+    return Path(path)
+
+
+def atomic_save_torch(path: str | os.PathLike, obj: Any) -> Path:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def load_torch(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint safely: tensors and plain containers only (``weights_only=True``)."""
+    import torch
+
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+class Store:
+    """A store root holding one folder per experiment."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+
+    def experiment(self, name: str) -> "ExperimentStore":
+        return ExperimentStore(self.root / safe_name(name))
+
+    def experiments(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentStore:
+    """One experiment's folder; all paths below are derived here so every module agrees on them."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    # --- configs -------------------------------------------------------------------------
+    def write_config(self, config: Any, name: str = "config") -> Path:
+        return atomic_write_json(self.root / f"{name}.json", config)
+
+    def read_config(self, name: str = "config") -> Any:
+        return read_json(self.root / f"{name}.json")
+
+    # --- runs (trained models, content-addressed) -----------------------------------------
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / safe_name(run_id)
+
+    def is_done(self, run_id: str) -> bool:
+        return (self.run_dir(run_id) / "done").exists()
+
+    def mark_done(self, run_id: str, info: Any = None) -> None:
+        atomic_write_json(self.run_dir(run_id) / "done", info if info is not None else {})
+
+    def checkpoint_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "checkpoints"
+
+    # --- models of the experiment (one JSON per model, so parallel tasks never race) ---------
+    def register_model(self, model: str, group: str, **info: Any) -> Path:
+        """Record that ``model`` belongs to ``group`` ("baseline", "ft", "lp-ft", ...) with free-form info."""
+        return atomic_write_json(self.root / "models" / f"{safe_name(model)}.json", {"model": model, "group": group, **info})
+
+    def models(self):
+        """A Polars DataFrame with one row per registered model: model, group, info (JSON text)."""
+        import polars as pl
+
+        rows = []
+        for path in sorted((self.root / "models").glob("*.json")):
+            record = read_json(path)
+            rows.append({"model": record.pop("model"), "group": record.pop("group"), "info": json.dumps(record, sort_keys=True)})
+        return pl.DataFrame(rows, schema={"model": pl.String, "group": pl.String, "info": pl.String})
+
+    # --- predictions per (model, split) ---------------------------------------------------
+    def predictions_path(self, model: str, split: str) -> Path:
+        return self.root / "predictions" / safe_name(model) / f"{safe_name(split)}.parquet"
+
+    def write_predictions(
+        self,
+        model: str,
+        split: str,
+        logits: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray | None = None,
+        groups: np.ndarray | None = None,
+    ) -> Path:
+        """Store logits (n, classes) with labels, example indices and groups (-1 = no group)."""
+        import polars as pl
+
+        logits = np.asarray(logits, dtype=np.float32)
+        n = len(labels)
+        if logits.ndim != 2 or logits.shape[0] != n:
+            raise ValueError(f"logits shape {logits.shape} does not match {n} labels")
+        df = pl.DataFrame(
+            {
+                "index": np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64),
+                "label": np.asarray(labels, dtype=np.int64),
+                "group": np.full(n, -1, np.int64) if groups is None else np.asarray(groups, dtype=np.int64),
+                "prediction": logits.argmax(1).astype(np.int64),
+                "logits": logits,
+            }
+        )
+        return atomic_write_parquet(self.predictions_path(model, split), df)
+
+    def has_predictions(self, model: str, split: str) -> bool:
+        return self.predictions_path(model, split).exists()
+
+    def read_predictions(self, model: str, split: str):
+        """A Polars DataFrame with columns index, label, group, prediction, logits (array)."""
+        import polars as pl
+
+        path = self.predictions_path(model, split)
+        if not path.exists():
+            raise FileNotFoundError(f"no predictions for model {model!r} on split {split!r} ({path})")
+        return pl.read_parquet(path)
+
+    def logits(self, model: str, split: str) -> np.ndarray:
+        return self.read_predictions(model, split)["logits"].to_numpy().astype(np.float32)
+
+    # --- sub-splits (in/out-of-support membership, written by the split flow) ---------------
+    def subsplit_path(self, split: str) -> Path:
+        return self.root / "subsplits" / f"{safe_name(split)}.parquet"
+
+    def write_subsplit(self, split: str, df: Any) -> Path:
+        """``df`` has columns ``index`` and ``support`` ("in" / "out"), plus whatever else (ratio, p)."""
+        return atomic_write_parquet(self.subsplit_path(split), df)
+
+    def read_subsplit(self, split: str):
+        import polars as pl
+
+        path = self.subsplit_path(split)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"split {split!r} has not been divided into in/out-of-support parts yet "
+                f"(run the split flow first; expected {path})"
+            )
+        return pl.read_parquet(path)
+
+    # --- tables, plots, report ------------------------------------------------------------
+    def table_path(self, name: str) -> Path:
+        return self.root / "tables" / f"{safe_name(name)}.parquet"
+
+    def write_table(self, name: str, df: Any, config: Any = None) -> Path:
+        path = atomic_write_parquet(self.table_path(name), df)
+        if config is not None:
+            atomic_write_json(path.with_suffix(".config.json"), config)
+        return path
+
+    def read_table(self, name: str):
+        import polars as pl
+
+        return pl.read_parquet(self.table_path(name))
+
+    def has_table(self, name: str) -> bool:
+        return self.table_path(name).exists()
+
+    def plot_path(self, name: str) -> Path:
+        path = self.root / "plots" / f"{safe_name(name)}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "report.md"
+
+
+def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
+    """Call ``writer(tmp_path)`` and rename the result over ``path`` (for libraries that write files)."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
