@@ -1,20 +1,196 @@
-"""Execution backends: one switch (local | dask | slurm) that yields a Prefect task runner for any flow."""
+"""Execution backends: one switch (local | dask | slurm) that yields a Prefect task runner for any flow.
+
+- ``local``: Prefect's thread-pool task runner in this process (default; no cluster).
+- ``dask``: a ``distributed.LocalCluster`` on 127.0.0.1 through prefect-dask's ``DaskTaskRunner``.
+- ``slurm``: ``dask_jobqueue.SLURMCluster`` workers in SLURM jobs, sized by a cluster profile (``lib.cluster``).
+
+Workers are other processes: before any cluster starts, ``shared_prefect_api`` makes sure they all reach the
+same Prefect API as the flow (otherwise each would start its own temporary server on the same SQLite file).
+
+GPU tasks: tag a task ``"gpu"`` (``lib.cluster.GPU_TAG``), e.g. ``@task(tags=["gpu"], retries=2)``. On workers that
+declare a Dask resource ``GPU`` (profiles with ``gpus > 0``) such a task holds one GPU slot while it runs; untagged
+(CPU-only) tasks never wait for or occupy GPU slots. On backends without GPU workers the tag changes nothing.
+"""
 from __future__ import annotations
 
 import argparse
 import contextlib
-from typing import Iterator
+import logging
+import os
+from typing import Any, Iterator
+
+from lib.cluster import GPU_TAG, WORKER_ENV
+
+logger = logging.getLogger("askshift.backends")
+
+BACKENDS = ("local", "dask", "slurm")
+# Dask's worker processes are daemonic by default, which forbids children (torch DataLoader workers).
+_DASK_ENV = {"DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+UNREACHABLE_API = ("SLURM workers on other nodes cannot reach a temporary Prefect server on 127.0.0.1: start a "
+                   "server they can reach (askshift serve --host <login-node address>, or your shared Prefect "
+                   "server) and export PREFECT_API_URL=http://<address>:<port>/api before running the flow")
 
 
-@contextlib.contextmanager
-def task_runner_from_args(args: argparse.Namespace) -> Iterator[object]:
-    """Yield the task runner for ``args.backend`` / ``args.profile`` (None means Prefect's default)."""
-    yield make_task_runner(getattr(args, "backend", "local"), getattr(args, "profile", None))
+def _runner_classes():
+    """DaskTaskRunner subclass that turns the ``gpu`` tag into a Dask resource request (imported lazily)."""
+    import dask
+    from prefect_dask import DaskTaskRunner
+
+    class AskshiftDaskTaskRunner(DaskTaskRunner):
+        """prefect-dask's runner; tasks tagged ``gpu`` ask for ``resources={"GPU": 1}`` when workers have GPUs."""
+
+        @property
+        def gpu_slots(self) -> bool:
+            args = [str(a) for a in (self.cluster_kwargs or {}).get("worker_extra_args", [])]
+            return any(a == "--resources" for a in args) and any(a.startswith("GPU=") for a in args)
+
+        def submit(self, task, parameters, wait_for=None, dependencies=None):
+            # prefect-dask's submit takes no resources argument; Dask merges annotations into every submit.
+            if self.gpu_slots and GPU_TAG in (task.tags or set()):
+                with dask.annotate(resources={"GPU": 1}):
+                    return super().submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
+            return super().submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
+
+    return AskshiftDaskTaskRunner
 
 
-def make_task_runner(backend: str = "local", profile: str | None = None):
+def make_task_runner(backend: str = "local", profile: str | None = None, *, dask_workers: int | None = None):
+    """The Prefect task runner for ``backend``; ``profile`` (a cluster profile YAML) is required for ``slurm``.
+
+    Export the Prefect API to workers first (``shared_prefect_api``); ``task_runner_from_args`` does both.
+    """
     if backend == "local":
         from prefect.task_runners import ThreadPoolTaskRunner
 
+        # One task at a time: training already uses every core through torch threads.
         return ThreadPoolTaskRunner(max_workers=1)
-    raise NotImplementedError(f"backend {backend!r} is not available yet")
+    if backend == "dask":
+        os.environ.update({k: os.environ.get(k, v) for k, v in {**WORKER_ENV, **_DASK_ENV}.items()})
+        workers = dask_workers or max(1, min(4, os.cpu_count() or 1))
+        return _runner_classes()(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                            "host": "127.0.0.1", "dashboard_address": None},
+        )
+    if backend == "slurm":
+        if not profile:
+            raise ValueError("--backend slurm needs --profile FILE (see deployments/slurm-local.yaml, "
+                             "deployments/slurm-gpu.yaml)")
+        from lib.cluster import load_profile
+
+        cluster_profile = load_profile(profile)
+        return _runner_classes()(
+            cluster_class="dask_jobqueue.SLURMCluster",
+            cluster_kwargs=cluster_profile.cluster_kwargs(extra_env={**_DASK_ENV, **_api_env()}),
+            adapt_kwargs=cluster_profile.adapt_kwargs(),
+        )
+    raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def _api_env() -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        logger.warning("no Prefect API URL is set: SLURM workers may each start a temporary server "
+                       "(enter flows.backends.shared_prefect_api() first)")
+        return {}
+    return {"PREFECT_API_URL": url}
+
+
+def _profile_is_loopback(profile: str | None) -> bool:
+    if not profile:
+        return True
+    from lib.cluster import load_profile
+
+    p = load_profile(profile)
+    return p.interface == "lo" or (p.scheduler_host or "").startswith("127.")
+
+
+@contextlib.contextmanager
+def shared_prefect_api(loopback_only: bool = True) -> Iterator[str]:
+    """Yield the Prefect API URL every process of this run uses, exported in ``os.environ``.
+
+    If the user configured a server (``PREFECT_API_URL``), that one. Otherwise (Prefect's ephemeral mode) start one
+    server on 127.0.0.1 for the run, point this process at it and stop it on exit.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = configured
+        try:
+            yield configured
+        finally:
+            _restore_env("PREFECT_API_URL", previous)
+        return
+    if not loopback_only:
+        raise RuntimeError(UNREACHABLE_API)
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # The same singleton Prefect would start lazily in ephemeral mode, started now so workers get its URL.
+    server = SubprocessASGIServer()
+    server.start()
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    logger.info("Prefect API for this run (flow and workers): %s", server.api_url)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        _drain_prefect_workers()
+        _restore_env("PREFECT_API_URL", previous)
+        server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    """Send queued logs and events while the server still runs (else the exit hangs retrying a dead server)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        try:
+            service.drain_all(timeout=15)
+        except Exception as exc:  # shutting down: never mask the flow's own outcome
+            logger.debug("could not drain %s: %s", service.__name__, exc)
+
+
+def _restore_env(key: str, previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = previous
+
+
+@contextlib.contextmanager
+def task_runner_from_args(args: argparse.Namespace) -> Iterator[Any]:
+    """Yield the task runner for ``args.backend`` / ``args.profile``, with the Prefect API shared with workers."""
+    from flows.cli import CliError
+    from lib.cluster import ClusterProfileError
+
+    backend = getattr(args, "backend", "local") or "local"
+    profile = getattr(args, "profile", None)
+    if backend == "slurm" and not profile:
+        raise CliError("--backend slurm needs --profile FILE (deployments/slurm-local.yaml for the test cluster, "
+                       "deployments/slurm-gpu.yaml as a template for a GPU cluster)")
+    if profile and backend != "slurm":
+        raise CliError(f"--profile applies to --backend slurm only (got --backend {backend})")
+    if backend == "local":
+        yield make_task_runner("local")
+        return
+    try:
+        if backend == "slurm":
+            from lib.cluster import check_submission, load_profile
+
+            # A job sbatch rejects would fail inside dask-jobqueue's adaptive loop and the flow would hang.
+            check_submission(load_profile(profile))
+        loopback = _profile_is_loopback(profile)
+    except ClusterProfileError as exc:
+        raise CliError(str(exc)) from exc
+    from prefect.settings import PREFECT_API_URL
+
+    if not loopback and not PREFECT_API_URL.value():
+        raise CliError(UNREACHABLE_API)
+    with shared_prefect_api(loopback_only=loopback):
+        yield make_task_runner(backend, profile)

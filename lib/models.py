@@ -7,13 +7,15 @@ model will read the batch.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from lib.registry import Registry
+from lib.registry import Registry, UnknownNameError, close_matches
 
 
 class Classifier(nn.Module):
@@ -53,6 +55,16 @@ class Classifier(nn.Module):
     def freeze_backbone(self, frozen: bool = True) -> None:
         for p in self.backbone.parameters():
             p.requires_grad_(not frozen)
+        # A linear probe must see fixed features: BatchNorm running statistics and dropout
+        # would otherwise still change the backbone in train mode.
+        self.backbone_frozen = frozen
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if getattr(self, "backbone_frozen", False):
+            self.backbone.eval()
+        return self
 
 
 @dataclass(frozen=True)
@@ -112,21 +124,59 @@ def build_cnn(spec: str, num_classes: int, pretrained: str | None = None, width:
     width = float(w) if w else width
     channels = tuple(max(1, int(round(c * width))) for c in CNN_SIZES[size])
     model = Classifier(small_cnn(channels), channels[-1], num_classes, input_size=32)  # type: ignore[arg-type]
+    if pretrained == HUB:
+        raise PretrainedUnavailable("cnn: models have no hub weights; build a local checkpoint with "
+                                    "`askshift pretrain --out PATH` and pass --pretrained PATH")
     if pretrained:
         load_backbone_weights(model, pretrained)
+    model.family_info = {"family": "cnn", "arch": spec, "pretrained": pretrained}
     return model
+
+
+class PretrainedUnavailable(RuntimeError):
+    """Pre-trained weights were asked for but no hub is reachable and no local file was given."""
+
+
+HUB = "hub"  # the ``pretrained`` value that asks for weights from the model hub
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _require_hub(what: str, how_local: str) -> None:
+    if hub_offline():
+        raise PretrainedUnavailable(
+            f"{what} needs the model hub, but HF_HUB_OFFLINE=1 (no hub reachable): {how_local}"
+        )
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file: a bare state dict, or one under 'model' / 'state_dict'."""
+    from lib.store import load_torch
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"pre-trained checkpoint {str(path)!r} does not exist (create one with `askshift pretrain --out PATH`)")
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = load_torch(path)
+    if isinstance(state, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(state.get(key), dict):
+                return state[key]
+    return state
+
+
+def is_classifier_checkpoint(path: str | os.PathLike) -> bool:
+    """True for askshift checkpoints (``backbone.*`` keys), as written by ``askshift pretrain`` and training."""
+    return any(k.startswith("backbone.") for k in read_state_dict(path))
 
 
 def load_backbone_weights(model: Classifier, path: str) -> None:
     """Load a pre-trained checkpoint's backbone into ``model`` (the head is task-specific and dropped)."""
-    from pathlib import Path
-
-    from lib.store import load_torch
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"pre-trained checkpoint {path!r} does not exist (create one with `askshift pretrain --out PATH`)")
-    state = load_torch(path)
-    state = state.get("model", state) if isinstance(state, dict) else state
+    state = read_state_dict(path)
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     if not backbone:
         raise ValueError(f"{path} holds no 'backbone.*' weights; is it an askshift checkpoint?")
@@ -135,7 +185,227 @@ def load_backbone_weights(model: Classifier, path: str) -> None:
         raise ValueError(f"{path} does not fit this architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
+# --- timm: any timm model, weights from a local file or (when reachable) the hub -----------------
+@MODEL_FAMILIES.register("timm", "any timm model (timm:<arch>[.<tag>]); weights from a local file (--pretrained PATH) or the hub")
+def build_timm(
+    spec: str,
+    num_classes: int,
+    pretrained: str | None = None,
+    img_size: int | None = None,
+    timm_kwargs: dict | None = None,
+    **_: object,
+) -> Classifier:
+    """``img_size`` sets the input size (passed to timm for models that take it, e.g. ViTs);
+    ``timm_kwargs`` go to ``timm.create_model`` (e.g. ``depth=1`` for tiny test models)."""
+    import timm
+
+    arch = spec.partition(".")[0]
+    if not timm.is_model(arch):
+        close = close_matches(arch, timm.list_models())
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(f"unknown timm architecture {arch!r}.{hint} (`timm.list_models()` lists them all)")
+    kwargs: dict[str, object] = {**(timm_kwargs or {}), "num_classes": 0}
+    askshift_file = False
+    if pretrained == HUB:
+        _require_hub(f"timm:{spec} with pretrained weights",
+                     f"pass a local weights file instead (--pretrained PATH: a state dict of {arch}, e.g. pytorch_model.bin / model.safetensors)")
+        kwargs["pretrained"] = True
+    elif pretrained:
+        if not Path(pretrained).exists():
+            raise FileNotFoundError(f"pre-trained weights {pretrained!r} for timm:{spec} do not exist")
+        askshift_file = is_classifier_checkpoint(pretrained)
+        if not askshift_file:  # a timm/hub weight file: timm adapts it (drops the classifier, resizes pos-embeds)
+            kwargs["pretrained"] = True
+            kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained)}
+    try:
+        try:
+            backbone = timm.create_model(spec, **kwargs, **({"img_size": img_size} if img_size else {}))
+        except TypeError as exc:  # convnets take any input size and have no img_size argument
+            if not img_size or "img_size" not in str(exc):
+                raise
+            backbone = timm.create_model(spec, **kwargs)
+    except Exception as exc:
+        if pretrained == HUB:
+            raise PretrainedUnavailable(f"could not fetch pre-trained weights for timm:{spec} ({exc}); pass a local file with --pretrained PATH") from exc
+        raise
+    cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+    input_size = img_size or int((cfg.get("input_size") or (3, 224, 224))[-1])
+    mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
+    model = Classifier(backbone, int(backbone.num_features), num_classes, mean=mean, std=std, input_size=input_size)
+    if askshift_file:
+        load_backbone_weights(model, str(pretrained))
+    model.family_info = {"family": "timm", "arch": arch, "pretrained": pretrained}
+    return model
+
+
+# --- clip: open_clip image encoder + linear head (zero-shot initialisable) ------------------------
+class ClipImageEncoder(nn.Module):
+    """The image tower of an open_clip model, returning L2-normalised embeddings.
+
+    Normalised features make the zero-shot classifier an ordinary linear head
+    (weight = logit_scale * normalised text embeddings), so ZS-FT is plain fine-tuning.
+    """
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.visual(x)
+        if isinstance(out, tuple):  # towers configured to also return tokens
+            out = out[0]
+        return nn.functional.normalize(out, dim=-1)
+
+
+def parse_clip_spec(spec: str) -> tuple[str, str | None]:
+    """``ViT-B-32:openai`` -> ("ViT-B-32", "openai"); the pretrained part may be a tag or a file path."""
+    arch, sep, tag = spec.partition(":")
+    return arch, (tag if sep and tag else None)
+
+
+def clip_templates(dataset: str | None = None) -> tuple:
+    """Prompt templates: OpenAI's 80 ImageNet templates for ImageNet-like datasets, simple ones otherwise."""
+    if dataset and dataset.lower().startswith("imagenet"):
+        from open_clip import OPENAI_IMAGENET_TEMPLATES
+
+        return tuple(OPENAI_IMAGENET_TEMPLATES)
+    return SIMPLE_TEMPLATES
+
+
+SIMPLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "an image of a {}.", "a picture of the {}.")
+
+
+def imagenet_class_names() -> tuple[str, ...]:
+    from open_clip import IMAGENET_CLASSNAMES
+
+    return tuple(IMAGENET_CLASSNAMES)
+
+
+def zero_shot_weights(clip_model: nn.Module, tokenizer, class_names: list[str] | tuple[str, ...], templates) -> torch.Tensor:
+    """(classes, dim) zero-shot classifier: mean normalised text embedding per class, renormalised, × logit scale."""
+    from open_clip import build_zero_shot_classifier
+
+    device = next(clip_model.parameters()).device
+    was_training = clip_model.training
+    clip_model.eval()
+    weights = build_zero_shot_classifier(clip_model, tokenizer, list(class_names), list(templates), num_classes_per_batch=None, device=device)
+    clip_model.train(was_training)
+    scale = clip_model.logit_scale.exp().detach() if hasattr(clip_model, "logit_scale") else torch.tensor(1.0)
+    return weights.T.contiguous() * scale
+
+
+def zero_shot_head(model: Classifier, class_names, templates=None) -> Classifier:
+    """Set ``model.head`` to the zero-shot classifier (needs the text tower: only right after ``build_model``)."""
+    text = getattr(model, "_clip_text", None)
+    if text is None:
+        raise ValueError("zero-shot heads need a clip: model built with its text tower; "
+                         "pass class_names=... to build_model (the text tower is discarded after building)")
+    clip_model, tokenizer = text
+    if len(class_names) != model.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a {model.num_classes}-class head")
+    weights = zero_shot_weights(clip_model, tokenizer, class_names, templates or SIMPLE_TEMPLATES)
+    with torch.no_grad():
+        model.head.weight.copy_(weights.to(model.head.weight))
+        model.head.bias.zero_()
+    return model
+
+
+@MODEL_FAMILIES.register("clip", "open_clip image encoders (clip:<arch>[:<tag>|:<file>]), zero-shot initialisable heads")
+def build_clip(
+    spec: str,
+    num_classes: int,
+    pretrained: str | None = None,
+    class_names: list[str] | tuple[str, ...] | None = None,
+    templates: list | tuple | None = None,
+    load_weights: bool = True,
+    **_: object,
+) -> Classifier:
+    """Image tower + linear head; with ``class_names`` the head is the zero-shot classifier, then the text tower is dropped.
+
+    Weights: ``pretrained`` (a file path, a tag or ``"hub"``) overrides the tag in the name; a tag means
+    the hub, so with HF_HUB_OFFLINE=1 it fails fast asking for a local checkpoint. ``load_weights=False``
+    builds the architecture only (to load a fine-tuned checkpoint into it).
+    """
+    import open_clip
+
+    arch, source = parse_clip_spec(spec)
+    if arch not in open_clip.list_models():
+        close = close_matches(arch, open_clip.list_models())
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(f"unknown open_clip architecture {arch!r}.{hint} (`open_clip.list_models()` lists them)")
+    if pretrained and pretrained != HUB:
+        source = pretrained
+    source = source if load_weights else None
+    if source and not Path(source).exists():
+        if "/" in source or source.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise FileNotFoundError(f"open_clip checkpoint {source!r} for clip:{arch} does not exist")
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if source not in tags:
+            close = close_matches(source, tags)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownNameError(f"unknown pretrained tag {source!r} for clip:{arch}.{hint} Tags: {', '.join(tags[:8]) or 'none'}{' ...' if len(tags) > 8 else ''}; or pass a local checkpoint file")
+        _require_hub(f"clip:{arch}:{source}",
+                     f"pass a local open_clip checkpoint instead (clip:{arch}:/path/to/open_clip_model.bin or --pretrained PATH)")
+    try:
+        clip_model = open_clip.create_model(arch, pretrained=source or None)
+    except RuntimeError as exc:
+        if source and not Path(source).exists():
+            raise PretrainedUnavailable(f"could not fetch open_clip weights clip:{arch}:{source} ({exc}); pass a local checkpoint file") from exc
+        raise
+    visual = clip_model.visual
+    pp = getattr(visual, "preprocess_cfg", {}) or {}
+    size = pp.get("size", getattr(visual, "image_size", 224))
+    size = int(size[-1] if isinstance(size, (tuple, list)) else size)
+    mean = tuple(float(v) for v in pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(float(v) for v in pp.get("std", open_clip.OPENAI_DATASET_STD))
+    feature_dim = int(open_clip.get_model_config(arch)["embed_dim"])
+    model = Classifier(ClipImageEncoder(visual), feature_dim, num_classes, mean=mean, std=std, input_size=size)
+    model.family_info = {"family": "clip", "arch": arch, "pretrained": source}
+    if class_names is not None:
+        # The text tower lives only long enough to build the head (a plain attribute, not a submodule,
+        # so it is neither trained nor saved), then it is dropped.
+        object.__setattr__(model, "_clip_text", (clip_model, open_clip.get_tokenizer(arch)))
+        try:
+            zero_shot_head(model, class_names, templates)
+        finally:
+            object.__delattr__(model, "_clip_text")
+    return model
+
+
 def build_model(name: str, num_classes: int, pretrained: str | None = None, **options: object) -> Classifier:
-    """Build a classifier from a registered family, e.g. ``build_model("cnn:small", 10)``."""
+    """Build a classifier from a registered family, e.g. ``build_model("cnn:small", 10)``.
+
+    ``pretrained``: None = random init (from scratch; a ``clip:`` name with a tag still loads that tag),
+    a file path = local weights, ``"hub"`` = the model hub (fails fast when HF_HUB_OFFLINE=1).
+    """
     parsed = ModelName.parse(name)
     return MODEL_FAMILIES.get(parsed.family)(parsed.spec, num_classes, pretrained=pretrained, **options)
+
+
+def check_model_name(name: str) -> None:
+    """Raise ``UnknownNameError``/``ValueError`` (listing close matches) for a name no family can build,
+    without building anything (the CLI checks names before any training)."""
+    parsed = ModelName.parse(name)
+    if parsed.family == "cnn":
+        size = parsed.spec.partition("@")[0]
+        if size not in CNN_SIZES:
+            close = close_matches(size, list(CNN_SIZES))
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(f"unknown cnn size {size!r}.{hint} Choose one of: {', '.join(CNN_SIZES)}")
+    elif parsed.family == "timm":
+        import timm
+
+        arch = parsed.spec.partition(".")[0]
+        if not timm.is_model(arch):
+            close = close_matches(arch, timm.list_models())
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownNameError(f"unknown timm architecture {arch!r}.{hint} (`timm.list_models()` lists them all)")
+    elif parsed.family == "clip":
+        import open_clip
+
+        arch, _ = parse_clip_spec(parsed.spec)
+        if arch not in open_clip.list_models():
+            close = close_matches(arch, open_clip.list_models())
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownNameError(f"unknown open_clip architecture {arch!r}.{hint} (`open_clip.list_models()` lists them)")

@@ -1,0 +1,136 @@
+"""Images per second of askshift's FFCV loader vs a torchvision DataLoader over the same JPEG images.
+
+Both sides decode JPEGs, take a random resized crop and a random horizontal flip, use the same number
+of workers and batch size, and apply the same shift transform to each batch; the first (warm-up)
+epoch is excluded (FFCV compiles its pipeline then).  The last line is ``ratio: X.XX`` (FFCV over
+DataLoader).  Usage::
+
+    python benchmarks/loader.py [--num-images 20000] [--epochs 2] [--workers N] [--shift tint] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from lib.datasets import load_dataset  # noqa: E402
+from lib.loaders import LoaderConfig, split_loader  # noqa: E402
+from lib.shifts import make_shift  # noqa: E402
+from lib.specs import DistributionSpec, ExperimentSpec  # noqa: E402
+
+SHIFT_PARAMS = {"tint": {"alpha": 0.25, "spurious_p": 0.9}, "noise": {"std": 0.05}, "blur": {"sigma": 1.0}}
+
+
+def make_jpeg_folder(root: Path, num_images: int, size: int, quality: int) -> None:
+    """An ImageFolder tree of ``num_images`` JPEGs: digits with random colours and offsets (natural-ish content)."""
+    from PIL import Image
+
+    base = load_dataset("digits", "train", size=size)
+    rng = np.random.default_rng(0)
+    for i in range(num_images):
+        j = i % len(base)
+        image = base.image_array(j).astype(np.float32) / 255
+        colour = rng.uniform(0.2, 1.0, 3)
+        background = rng.uniform(0.0, 0.3, 3)
+        image = image * colour + (1 - image) * background
+        image = np.roll(image, tuple(rng.integers(-3, 4, 2)), axis=(0, 1))
+        folder = root / "train" / str(base.labels[j])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"{i:06d}.jpg", quality=quality)
+
+
+def time_epochs(batches, epochs: int, transform=None) -> tuple[float, int]:
+    """Seconds and images over ``epochs`` epochs after one warm-up epoch."""
+    start, seen = time.perf_counter(), 0
+    for epoch in range(epochs + 1):
+        if epoch == 1:  # epoch 0 is the warm-up
+            start, seen = time.perf_counter(), 0
+        for images, labels, indices in batches():
+            if transform is not None:
+                images = transform(images, labels, indices)
+            seen += len(images)
+        if images.device.type == "cuda":
+            torch.cuda.synchronize()
+    return time.perf_counter() - start, seen
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """ImageFolder that also returns the example index (the shift transform is keyed by it)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, i):
+        image, label = self.folder[i]
+        return image, label, i
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-images", type=int, default=20000)
+    parser.add_argument("--size", type=int, default=32, help="stored image side")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up epoch")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--shift", default="tint", choices=sorted(SHIFT_PARAMS), help="shift applied to every batch")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    parser.add_argument("--workdir", default=None, help="keep the JPEGs and .beton here (default: a temp folder)")
+    args = parser.parse_args(argv)
+
+    import torchvision
+    from torchvision import transforms as T
+
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.workdir or tmp)
+        folder = work / "jpegs"
+        if not (folder / "train").is_dir():
+            t = time.perf_counter()
+            make_jpeg_folder(folder, args.num_images, args.size, args.quality)
+            print(f"wrote {args.num_images} JPEGs ({args.size}px) in {time.perf_counter() - t:.1f}s")
+
+        dist = DistributionSpec(dataset="imagefolder", root=str(folder), split="train", write_mode="jpg",
+                                jpeg_quality=args.quality, max_resolution=args.size,
+                                shift=args.shift, shift_params=SHIFT_PARAMS[args.shift])
+        spec = ExperimentSpec(name="bench", reference=dist, targets={"same": dist})
+        config = LoaderConfig(batch_size=args.batch_size, num_workers=args.workers, decoder="random_crop",
+                              resolution=args.size, flip=True, device=str(device))
+        t = time.perf_counter()
+        ffcv_loader = split_loader(spec, "source_train", work / "cache", config, train=True)
+        print(f"FFCV .beton ready and loader built in {time.perf_counter() - t:.1f}s")
+        secs, seen = time_epochs(lambda: ffcv_loader, args.epochs)  # the shift runs inside split_loader
+        ffcv_rate = seen / secs
+        print(f"ffcv:       {ffcv_rate:10.0f} images/s  ({seen} images, {secs:.2f}s, {args.workers} workers, shift {args.shift})")
+
+        shift = make_shift(args.shift, ffcv_loader.num_classes, SHIFT_PARAMS[args.shift])
+        pipeline = T.Compose([T.RandomResizedCrop(args.size, scale=(0.35, 1.0)), T.RandomHorizontalFlip(), T.ToTensor()])
+        dataset = _Indexed(torchvision.datasets.ImageFolder(str(folder / "train"), transform=pipeline))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                             num_workers=args.workers, persistent_workers=args.workers > 0,
+                                             pin_memory=device.type == "cuda")
+
+        def torch_batches():
+            for images, labels, indices in loader:
+                yield images.to(device, non_blocking=True), labels.to(device), indices
+
+        secs, seen = time_epochs(torch_batches, args.epochs, shift)
+        torch_rate = seen / secs
+        print(f"dataloader: {torch_rate:10.0f} images/s  ({seen} images, {secs:.2f}s, {args.workers} workers, PIL decode)")
+        print(f"ratio: {ffcv_rate / torch_rate:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

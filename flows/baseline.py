@@ -1,0 +1,159 @@
+"""Flow ``synthetic_shift_baseline``: train from-scratch models on the reference data, predict, fit the line."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lib.store import Store
+from lib.training import RunConfig, TrainConfig
+from tasks.data import write_split
+from tasks.prediction import predict_split
+from tasks.training import train_one_model
+
+
+class BaselineConfig(BaseModel):
+    """Parameters of the from-scratch baseline: which shift, which models, how long, where results go."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str = Field("digits", description="dataset name (askshift datasets)")
+    shift: str = Field("tint_p=0.5", description="shift preset (askshift shifts), e.g. tint_p=0.5, label_p=0.2, out_of_support")
+    root: str | None = Field(None, description="dataset folder, for datasets that are not bundled")
+    store: str = Field("store", description="results store root; the experiment lands in STORE/<experiment>/")
+    experiment: str | None = Field(None, description="experiment folder name; default: the spec's name")
+    cache_dir: str | None = Field(None, description="where .beton files are cached; default STORE/_cache")
+    model: str = Field("cnn:small", description="architecture of the baseline models (lib.models name)")
+    widths: tuple[float, ...] = Field((1.0,), min_length=1, description="width multipliers (cnn only) for a wider spread of accuracies")
+    train_fractions: tuple[float, ...] = Field((1.0, 0.5, 0.25), min_length=1, description="fractions of source_train, one model each")
+    seeds: tuple[int, ...] = Field((0,), min_length=1, description="one model per seed (and width and fraction)")
+    epochs: int = Field(6, ge=1, le=10_000)
+    keep_epochs: tuple[int, ...] | None = Field(None, description="epochs kept as baseline models; default: every epoch")
+    lr: float = Field(3e-3, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["cosine", "triangle", "constant", "step"] = "cosine"
+    warmup_epochs: float = Field(0.5, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    translate: int = Field(0, ge=0, description="random translation augmentation in pixels")
+    flip: bool = Field(False, description="random horizontal flips (off: digits are not mirror-symmetric)")
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    num_workers: int = Field(1, ge=1, description="loader worker threads per task")
+    eval_batch_size: int = Field(512, ge=1)
+    report: bool = Field(True, description="write metrics, ER tables and the report after predicting")
+
+    @field_validator("train_fractions")
+    @classmethod
+    def _fractions_in_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [f for f in value if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"train fractions must lie in (0, 1], got {bad}")
+        return value
+
+    @field_validator("widths")
+    @classmethod
+    def _widths_positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(w <= 0 for w in value):
+            raise ValueError(f"widths must be positive, got {list(value)}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if value != "auto" and value.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device {value!r} is not auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _train_config_is_valid(self) -> "BaselineConfig":
+        self.train_config(0)  # keep_epochs / warm-up errors surface here, before any compute
+        return self
+
+    def train_config(self, seed: int, epochs_factor: float = 1.0) -> TrainConfig:
+        """The TrainConfig of one seed; ``epochs_factor`` (the spec's, 2 for label_p) stretches epochs and kept epochs."""
+        epochs = max(1, round(self.epochs * epochs_factor))
+        if self.keep_epochs is None:
+            keep = tuple(range(1, epochs + 1))
+        else:
+            keep = tuple(sorted({min(epochs, max(1, round(e * epochs_factor))) for e in self.keep_epochs}))
+        return TrainConfig(
+            epochs=epochs, lr=self.lr, optimizer=self.optimizer, schedule=self.schedule,
+            warmup_epochs=self.warmup_epochs, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+            grad_clip=self.grad_clip, batch_size=self.batch_size, amp=self.amp, seed=seed, keep_epochs=keep,
+        )
+
+    def runs(self, epochs_factor: float = 1.0) -> list[RunConfig]:
+        """One training run per (width, train fraction, seed)."""
+        vary_width = self.widths != (1.0,)
+        return [
+            RunConfig(
+                dataset=self.dataset, shift=self.shift, root=self.root, architecture=self.model,
+                model_options={"width": width} if vary_width else {}, train_fraction=fraction,
+                train=self.train_config(seed, epochs_factor), flip=self.flip, translate=self.translate, group="baseline",
+            )
+            for width, fraction, seed in itertools.product(self.widths, self.train_fractions, self.seeds)
+        ]
+
+    def resolved_cache_dir(self) -> str:
+        return self.cache_dir or str(Path(self.store) / "_cache")
+
+
+@flow(name="synthetic-shift-baseline", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
+      flow_run_name="baseline {config.dataset} {config.shift}")
+def synthetic_shift_baseline(config: BaselineConfig) -> str:
+    """Train from-scratch models on the reference distribution, predict every kept checkpoint on the reference
+    validation split and every shifted split, then tabulate metrics and the accuracy-on-the-line ER report.
+
+    Returns the experiment folder (``STORE/<experiment>``).  Re-running recomputes nothing that exists; a killed
+    run resumes from the last epoch checkpoints.
+    """
+    from lib.specs import get_spec
+
+    spec = get_spec(config.shift, dataset=config.dataset, root=config.root)
+    store = str(Store(config.store).root)
+    name = config.experiment or spec.name
+    exp = Store(store).experiment(name)
+    exp.write_config(config, name="baseline")
+    cache_dir = str(Path(config.resolved_cache_dir()).expanduser().resolve())
+
+    # Every split once, up front, so parallel training tasks never race to write the same .beton.
+    written = [write_split.submit(spec, split, cache_dir) for split in spec.splits()]
+    wait(written)
+    print(f"experiment {exp.root}: " + ", ".join(f"{w['split']} {w['examples']}" for w in (f.result() for f in written)))
+
+    splits = ["source_val", *spec.target_splits()]
+    runs = config.runs(spec.baseline_epochs_factor)
+    predictions = []
+    for run in runs:
+        trained = train_one_model.submit(store, name, run, cache_dir, device=config.device,
+                                         num_workers=config.num_workers)
+        # Model ids follow from the run config, so predictions queue behind their training task.
+        model_ids = [run.model_id(epoch) for epoch in run.train.kept_epochs()]
+        for split in splits:
+            predictions.append(predict_split.submit(
+                store, name, model_ids, split, config.dataset, config.shift, cache_dir, root=config.root,
+                device=config.device, batch_size=config.eval_batch_size, num_workers=config.num_workers,
+                wait_for=[trained],
+            ))
+    wait(predictions)
+    for future in predictions:
+        future.result()  # re-raises the first failure (training or prediction) with its traceback
+    n_models = sum(len(run.train.kept_epochs()) for run in runs)
+    print(f"{len(runs)} training runs, {n_models} baseline models predicted on {', '.join(splits)}")
+
+    if config.report:
+        from flows.report import report
+
+        report(store, name)
+    return str(exp.root)
+
+
+__all__ = ["BaselineConfig", "synthetic_shift_baseline"]

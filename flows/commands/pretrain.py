@@ -1,0 +1,56 @@
+"""``askshift pretrain --out PATH``: build a local stand-in for a pre-trained model (generated letter glyphs)."""
+from __future__ import annotations
+
+import argparse
+
+from flows.cli import CliError
+
+DESCRIPTION = (
+    "Pre-train a network on a generated corpus of letter glyphs (many fonts, random glyph and background "
+    "colours, textures, scales, rotations, blur; no digits) and save it as a checkpoint that "
+    "`--pretrained PATH` loads like downloaded weights (cnn: and timm: models). "
+    "This is a STAND-IN for CLIP / AugReg pre-training, made so the whole method runs on a laptop with no "
+    "model hub: tiny, one domain, minutes of CPU. Its one job is to give features that do not depend on "
+    "colour, as real pre-training does. Deterministic for a given --seed; an existing file made with the "
+    "same settings is reused."
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("pretrain", help="build a local 'pre-trained' checkpoint (stand-in for CLIP/AugReg)",
+                            description=DESCRIPTION)
+    parser.add_argument("--out", required=True, metavar="PATH", help="checkpoint file to write (e.g. pretrained.pt)")
+    parser.add_argument("--model", default="cnn:small", help="architecture to pre-train (default cnn:small)")
+    parser.add_argument("--steps", type=int, default=None, help="optimisation steps, one fresh batch each (default 800)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 128)")
+    parser.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 3e-3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    parser.add_argument("--force", action="store_true", help="rebuild even if PATH holds a checkpoint of the same settings")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from lib.pretrain import PretrainConfig, pretrain
+    from lib.registry import UnknownNameError
+
+    values = {"model": args.model, "seed": args.seed}
+    for field in ("steps", "batch_size", "lr"):
+        if getattr(args, field) is not None:
+            values[field] = getattr(args, field)
+    try:
+        config = PretrainConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise CliError(f"invalid pretrain setting {'.'.join(str(p) for p in err['loc'])!r}: {err['msg']}") from None
+    try:
+        from lib.models import ModelName
+
+        ModelName.parse(config.model)
+        result = pretrain(config, args.out, device=args.device, force=args.force)
+    except (UnknownNameError, ValueError) as exc:
+        raise CliError(str(exc).splitlines()[0]) from None
+    print(result.path)
+    return 0

@@ -1,0 +1,92 @@
+"""``askshift zoo``: does pre-training help on ImageNet-V2/Sketch/R/A? ER of timm's published models."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flows.cli import CliError
+
+SHIFTS = ("v2", "sketch", "r", "a")
+# Where the repository may keep a copy of timm's results/ folder when --results is not given.
+DEFAULT_RESULTS = Path(__file__).resolve().parents[2] / "data" / "timm-results"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "zoo",
+        help="effective robustness of ~1,500 timm models on ImageNet-V2/Sketch/R/A from published accuracies",
+        description=(
+            "Read timm's published validation results (top-1 per model arch.tag), split the models into "
+            "'baseline' (ImageNet-1k data only) and 'pretrained' (extra pre-training data), fit accuracy on the "
+            "line on the baselines and report each group's effective robustness, with a full-range and a "
+            "comparable-baseline view. Writes tables, plots and report.md into STORE/zoo-<shift>/."
+        ),
+        epilog=(
+            "Default grouping: 'pretrained' when the weight tag (after the first '.') contains one of the "
+            "tokens in21k in22k in12k laion* openai clip webli jft* ig<N>b yfcc* m30m m38m lvd* dfn* datacomp* "
+            "metaclip* swsl ssl wsl seer swag ssld 6m, or starts with goog_distilled; everything else is "
+            "'baseline' (including self-supervised or distilled ImageNet-1k-only training such as mae_in1k_ft_in1k, "
+            "fb_dino, fb_dist_in1k). --pretrained-pattern replaces this rule by a regex searched in the full "
+            "name arch.tag. Reference accuracy: ImageNet val for v2 and sketch; ImageNet val on the same 200 "
+            "classes (results-imagenet-{r,a}-clean.csv) for r and a."
+        ),
+    )
+    parser.add_argument("--results", metavar="DIR", default=None,
+                        help="a copy of timm's results/ folder with results-*.csv "
+                             f"(default: {DEFAULT_RESULTS} when it exists)")
+    parser.add_argument("--shift", metavar="{v2,sketch,r,a}", default="sketch",
+                        help="shifted test set: ImageNet-V2, ImageNet-Sketch, ImageNet-R or ImageNet-A (default: sketch)")
+    parser.add_argument("--pretrained-pattern", metavar="REGEX", default=None,
+                        help="models whose name matches REGEX (re.search on arch.tag) are 'pretrained', the rest "
+                             "'baseline' (default: the weight-tag rule below)")
+    parser.add_argument("--store", metavar="DIR", default="askshift-store",
+                        help="results store; the report goes to DIR/zoo-<shift>/ (default: ./askshift-store)")
+    parser.add_argument("--scale", metavar="{probit,logit}", default="probit", help="axis transform (default: probit)")
+    parser.add_argument("--fit-range", metavar="LO:HI", default=None,
+                        help="comparable-baseline window of reference accuracy (default: the pretrained models' "
+                             "range +- --margin)")
+    parser.add_argument("--margin", type=float, default=0.05,
+                        help="widening of the default comparable window, in accuracy (default: 0.05)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.shift not in SHIFTS:
+        raise CliError(f"unknown shift {args.shift!r}; choose one of: {', '.join(SHIFTS)}")
+    results = args.results
+    if results is None:
+        if not DEFAULT_RESULTS.is_dir():
+            raise CliError("give --results DIR: a copy of timm's results/ folder (e.g. ../shared/data/timm-results)")
+        results = str(DEFAULT_RESULTS)
+    from lib.er import ERInputError, parse_fit_range
+    from lib.report import pct
+    from lib.zoo import ZooInputError, zoo_report
+
+    try:
+        report = zoo_report(results, args.shift, store=args.store, pretrained_pattern=args.pretrained_pattern,
+                            scale=args.scale, fit_range=parse_fit_range(args.fit_range), margin=args.margin)
+    except (ERInputError, ZooInputError) as exc:
+        raise CliError(" ".join(str(exc).split())) from None
+    comparison = report.comparison
+    counts = dict(report.table.group_by("group").len().iter_rows())
+    shift = report.shift
+    print(f"{shift.title} vs {shift.reference_title}: {report.table.height} timm models "
+          f"({counts.get('baseline', 0)} baseline = ImageNet-1k only, {counts.get('pretrained', 0)} pretrained = extra data)")
+    print(f"  fit:        {comparison.full.fit.describe()}")
+    for view, result in (("all baselines", comparison.full), ("comparable", comparison.window)):
+        if result is None:
+            continue
+        row = result.group("pretrained") if "pretrained" in result.groups["group"].to_list() else None
+        if row is None:
+            continue
+        window = "" if view == "all baselines" else \
+            f" ({result.fit.n} baselines with reference accuracy {result.fit.fit_range[0]:.3f}-{result.fit.fit_range[1]:.3f})"
+        print(f"  pretrained: mean ER {pct(row['effective_robustness'])} "
+              f"[{pct(row['er_lower'])}, {pct(row['er_upper'])}] against {view}{window}")
+    print(f"  reading:    {report.reading}")
+    if comparison.disagree or comparison.weak_fit:
+        print(f"  caution:    {comparison.message}")
+    print(f"report:  {report.report_path}")
+    print(f"tables:  {report.er_path}  {report.er_csv_path}  {report.summary_path}")
+    print(f"plots:   {'  '.join(str(p) for p in report.plots)}")
+    return 0

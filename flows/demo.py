@@ -1,0 +1,270 @@
+"""Flow ``demo``: the paper's experiment in miniature, composed of the real flows (baseline, fine-tune, split, report).
+
+data -> pre-training (cached) -> for each reference distribution: the from-scratch baseline flow, then the
+fine-tuning flow (FT, LP-FT, the same-architecture control) -> a mixed natural-like shift: baselines,
+fine-tuning, and the split flow -> one combined report (STORE/demo/report.md, Parquet tables, Prefect
+artifacts).  Every training run is content-addressed, so a second run of the same seed retrains nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from lib.demo import (DEMO_EXPERIMENT, ER_TABLE, MIXED_SPLIT_NAME, MODELS_TABLE, DemoConfig, DemoShift, Progress,
+                      format_duration)
+from lib.store import Store, atomic_write_json
+
+STAGES = ("data", "pre-training", "shifts", "mixed shift and split", "report")
+MIXED_TARGET = "mixed"
+REFERENCE_VAL_SPLIT = "refval"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+@contextlib.contextmanager
+def ticker(progress: Progress, every: float = 20.0) -> Iterator[None]:
+    """Print the progress line every ``every`` seconds while the flows below run (they block this thread)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            _say(progress.line())
+
+    thread = threading.Thread(target=loop, name="demo-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+
+
+# --- sub-flow configs --------------------------------------------------------------------------------------------
+
+
+def baseline_config(config: DemoConfig, shift: str, experiment: str):
+    """The baseline flow's config: epochs x training fractions x widths (the flow gives label_p the paper's 2x epochs)."""
+    from flows.baseline import BaselineConfig
+
+    return BaselineConfig(
+        dataset=config.dataset, shift=shift, store=str(config.store_root()), experiment=experiment,
+        cache_dir=str(config.cache_dir()), model=config.baseline_model, widths=config.baseline_widths,
+        train_fractions=config.baseline_fractions, seeds=(config.seed,), epochs=config.baseline_epochs,
+        keep_epochs=config.baseline_keep_epochs, device=config.device, report=False,
+    )
+
+
+def pretrain_config(config: DemoConfig):
+    from lib.pretrain import PretrainConfig
+
+    return PretrainConfig(model=config.baseline_model, steps=config.pretrain_steps, seed=config.pretrain_seed)
+
+
+def finetune_config(config: DemoConfig, shift: str, experiment: str, pretrained: str | None = None):
+    """The fine-tuning flow's config: the miniature recipe with the demo's LR grid, copies and epochs."""
+    from flows.finetune import MINIATURE, FinetuneConfig
+
+    hparams = MINIATURE.model_copy(update={
+        "epochs": config.finetune_epochs, "warmup_epochs": min(1.0, config.finetune_epochs / 4),
+        "batch_size": config.finetune_batch_size, "lr_grid": config.lr_grid, "copies": config.copies,
+        "lp_epochs": config.lp_epochs,
+    })
+    return FinetuneConfig(
+        dataset=config.dataset, shift=shift, store=str(config.store_root()), experiment=experiment,
+        cache_dir=str(config.cache_dir()), models=(config.baseline_model,), strategies=config.strategies,
+        same_arch_control=config.control, pretrained={config.baseline_model: pretrained} if pretrained else {},
+        hparams=hparams, seed=config.seed, pretrain=pretrain_config(config), device=config.device, report=False,
+    )
+
+
+# --- the mixed natural-like shift ------------------------------------------------------------------------------
+
+
+def mixed_shift(config: DemoConfig) -> DemoShift:
+    return DemoShift(name=MIXED_SPLIT_NAME, title="Mixed natural-like shift", preset="mixed", target=MIXED_TARGET,
+                     support="out", about="palette-tinted digits (in-support) mixed with unseen-colour and flipped "
+                                          "digits (out-of-support)")
+
+
+@task(name="build the mixed shift", cache_policy=NO_CACHE)
+def build_mixed_shift(config: DemoConfig) -> dict[str, str]:
+    """Write the mixture (lib.split_check) plus a reference validation split as one npz, and a spec file for it."""
+    from lib.datasets import load_dataset
+    from lib.specs import DistributionSpec, ExperimentSpec
+    from lib.split_check import MixtureConfig, build_mixture, palette, tint
+    from lib.store import write_with
+
+    exp = Store(config.store_root()).experiment(config.mixed_experiment_name())
+    mixture_config = MixtureConfig(seed=config.seed, spurious_p=0.5, out_fraction=config.mixture_out_fraction,
+                                   flip_fraction=0.5, copies=1, image_size=32)
+    npz_path = exp.root / "mixture.npz"
+    spec_path = exp.root / "spec.json"
+    if not npz_path.exists():
+        mixture = build_mixture(mixture_config)
+        # The reference distribution's own validation split: held-out digits, tinted like the reference.
+        val = load_dataset("digits", "val", size=mixture_config.image_size)
+        images = np.stack([val.image_array(i) for i in range(len(val))])
+        rng = np.random.default_rng([config.seed, 3])
+        own = rng.random(val.labels.size) < mixture_config.spurious_p
+        colour = np.where(own, val.labels, rng.integers(0, 10, val.labels.size))
+        refval = tint(images, palette(10, config.seed)[colour])
+        arrays = {
+            "train_images": mixture.reference_images, "train_labels": mixture.reference_labels,
+            f"{REFERENCE_VAL_SPLIT}_images": refval, f"{REFERENCE_VAL_SPLIT}_labels": val.labels.astype(np.int64),
+            f"{MIXED_TARGET}_images": mixture.shifted_images, f"{MIXED_TARGET}_labels": mixture.shifted_labels,
+            "class_names": np.array([str(i) for i in range(10)]),
+            "shifted_out_of_support": mixture.out_of_support, "shifted_kind": mixture.kind.astype(str),
+        }
+
+        def writer(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a handle keeps numpy from appending ".npz" to the temporary name
+                np.savez(fh, **arrays)
+
+        write_with(npz_path, writer)
+    root = str(npz_path)
+    spec = ExperimentSpec(
+        name=config.mixed_experiment_name(),
+        description="digits with a spurious palette tint (p = 0.5) vs a mix of palette-tinted (in-support) and "
+                    "unseen-colour or flipped (out-of-support) digits",
+        reference=DistributionSpec(dataset="npz", root=root, train_split="train", split=REFERENCE_VAL_SPLIT),
+        targets={MIXED_TARGET: DistributionSpec(dataset="npz", root=root, split=MIXED_TARGET)},
+    )
+    atomic_write_json(spec_path, spec)
+    return {"npz": str(npz_path), "spec": str(spec_path)}
+
+
+def split_config(config: DemoConfig, spec_path: str):
+    from flows.split import SplitConfig
+    from lib.specs import load_spec
+    from lib.support import DomainClassifierConfig
+
+    classifier = DomainClassifierConfig(model="cnn:tiny", lrs=config.split_lrs, epochs=config.split_epochs,
+                                        batch_size=64, reference_size=None, in_memory=True, seed=config.seed)
+    return SplitConfig(spec=load_spec(spec_path), store=str(config.store_root()),
+                       experiment=config.mixed_experiment_name(), cache_dir=str(config.cache_dir()),
+                       classifier=classifier, folds=config.split_folds, seed=config.seed,
+                       device="cpu" if config.device == "auto" else config.device, examples_per_row=8)
+
+
+# --- the flow --------------------------------------------------------------------------------------------------
+
+
+@flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=1),
+      flow_run_name="demo {config.dataset} seed {config.seed}")
+def demo(config: DemoConfig = DemoConfig()) -> str:
+    """The paper's experiment in miniature: does pre-training help under this shift?  Returns the report path.
+
+    Stages: data; pre-training (the local glyph stand-in, cached); per reference distribution the baseline
+    flow and the fine-tuning flow; the mixed shift with the split flow; the combined report.
+    """
+    from flows.baseline import synthetic_shift_baseline
+    from flows.finetune import pretrain_path, pretrained_finetune
+    from flows.split import split_shift
+    from lib.specs import get_spec
+    from tasks.data import write_split
+    from tasks.finetune import pretrain_checkpoint
+
+    started = time.monotonic()
+    store = config.store_root()
+    presets = config.presets()
+    experiments = [config.experiment_name(p) for p in presets] + ([config.mixed_experiment_name()] if config.split else [])
+    progress = Progress(store, experiments, config.planned_runs(), STAGES, write=_say)
+    demo_exp = Store(store).experiment(DEMO_EXPERIMENT)
+    demo_exp.write_config(config, name="demo_config")
+    _say(f"[demo] {config.variant()} variant, seed {config.seed}: {len(config.active_shifts())} shifts in "
+         f"{len(presets)} experiments{' + a mixed shift split by the split flow' if config.split else ''}; "
+         f"about {config.planned_runs()} training runs; store {store}")
+    artifact = _progress_artifact(0.0)
+
+    with ticker(progress):
+        progress.enter("data", "writing .beton files")
+        for preset in presets:
+            spec = get_spec(preset, dataset=config.dataset)
+            for split in spec.splits():
+                write_split(spec, split, str(config.cache_dir()))
+        mixed_files = build_mixed_shift(config) if config.split else None
+        _update_progress(artifact, 5.0)
+
+        progress.enter("pre-training", "glyph corpus stand-in for CLIP/AugReg (cached after the first run)")
+        probe = finetune_config(config, presets[0], config.experiment_name(presets[0]))
+        weights = pretrain_checkpoint(pretrain_config(config), str(pretrain_path(probe, config.baseline_model)),
+                                      device="cpu" if config.device == "auto" else config.device)
+        _update_progress(artifact, 15.0)
+
+        runs: list[tuple[str, str]] = [(p, config.experiment_name(p)) for p in presets]
+        if config.split:
+            runs.append((mixed_files["spec"], config.mixed_experiment_name()))
+        for i, (shift, experiment) in enumerate(runs):
+            mixed = config.split and i == len(runs) - 1
+            progress.enter("mixed shift and split" if mixed else "shifts",
+                           f"{experiment}: baselines, then fine-tuning")
+            synthetic_shift_baseline(baseline_config(config, shift, experiment))
+            _say(progress.line(f"{experiment}: baselines done, fine-tuning"))
+            pretrained_finetune(finetune_config(config, shift, experiment, pretrained=weights))
+            _update_progress(artifact, 15.0 + 75.0 * (i + 1) / len(runs))
+        if config.split:
+            _say(progress.line("splitting the mixed shift into in-support and out-of-support parts"))
+            split_shift(split_config(config, mixed_files["spec"]))
+
+        progress.enter("report", "ER per shift and group, both fit views, plots")
+        result = write_demo_report(config, time.monotonic() - started)
+    publish_demo_artifacts(result)
+    _update_progress(artifact, 100.0)
+    _say(progress.line(f"finished in {format_duration(time.monotonic() - started)}"))
+    return result["report"]
+
+
+def _progress_artifact(value: float):
+    try:
+        from prefect.artifacts import create_progress_artifact
+
+        return create_progress_artifact(value, key="demo-progress", description="askshift demo progress")
+    except Exception:  # noqa: BLE001 -- the progress bar in the UI is a nicety; the terminal has the lines
+        return None
+
+
+def _update_progress(artifact_id, value: float) -> None:
+    if artifact_id is None:
+        return
+    try:
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(artifact_id, value)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+# --- the combined report ------------------------------------------------------------------------------------------
+
+
+@task(name="demo report", cache_policy=NO_CACHE)
+def write_demo_report(config: DemoConfig, seconds: float) -> dict[str, Any]:
+    from lib.demo_report import build_demo_report
+
+    return build_demo_report(config, seconds)
+
+
+@task(name="publish demo artifacts", cache_policy=NO_CACHE)
+def publish_demo_artifacts(result: dict[str, Any]) -> None:
+    import polars as pl
+
+    from tasks.reporting import publish_markdown, publish_table
+
+    publish_markdown.fn("demo-report", Path(result["report"]).read_text(), base_dir=str(Path(result["report"]).parent),
+                        description="askshift demo: effective robustness of fine-tuned pre-trained models per shift")
+    publish_table.fn("demo-er", pl.read_parquet(result["er_table"]),
+                     description="ER per (shift, group): full-range line and comparable baselines, fit diagnostics")
+
+
+__all__ = ["demo", "baseline_config", "finetune_config", "split_config", "build_mixed_shift", "STAGES"]

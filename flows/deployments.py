@@ -1,0 +1,95 @@
+"""The deployments declared in deployments/prefect.yaml, as runner deployments ``askshift serve`` can serve."""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("askshift.deployments")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One entry of prefect.yaml's ``deployments:`` list (the fields askshift uses)."""
+
+    name: str
+    entrypoint: str  # "flows/baseline.py:synthetic_shift_baseline"
+    description: str | None
+    tags: tuple[str, ...]
+    parameters: dict[str, Any]
+    schedules: tuple[dict[str, Any], ...]
+
+    @property
+    def module_and_attribute(self) -> tuple[str, str]:
+        """``flows/baseline.py:synthetic_shift_baseline`` -> (``flows.baseline``, ``synthetic_shift_baseline``)."""
+        path, _, attribute = self.entrypoint.partition(":")
+        if not attribute or not path.endswith(".py"):
+            raise ValueError(f"deployment {self.name!r}: entrypoint {self.entrypoint!r} is not 'path/to/file.py:flow'")
+        return path[: -len(".py")].replace("/", "."), attribute
+
+
+def read_deployment_specs(path: str | Path = PREFECT_YAML) -> list[DeploymentSpec]:
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    specs = []
+    for entry in data.get("deployments") or []:
+        specs.append(DeploymentSpec(
+            name=entry["name"], entrypoint=entry["entrypoint"], description=entry.get("description"),
+            tags=tuple(entry.get("tags") or ()), parameters=dict(entry.get("parameters") or {}),
+            schedules=tuple(entry.get("schedules") or ()),
+        ))
+    return specs
+
+
+def _schedules(spec: DeploymentSpec) -> list[Any]:
+    from prefect.schedules import Cron, Interval
+
+    out = []
+    for item in spec.schedules:
+        if "cron" in item:
+            out.append(Cron(item["cron"], timezone=item.get("timezone"), active=bool(item.get("active", True))))
+        elif "interval" in item:
+            out.append(Interval(item["interval"], timezone=item.get("timezone"),
+                                active=bool(item.get("active", True))))
+        else:
+            raise ValueError(f"deployment {spec.name!r}: only cron and interval schedules are supported, got {item}")
+    return out
+
+
+def load_flow(spec: DeploymentSpec):
+    module_name, attribute = spec.module_and_attribute
+    module = importlib.import_module(module_name)
+    flow = getattr(module, attribute, None)
+    if flow is None:
+        raise AttributeError(f"{module_name} has no flow {attribute!r}")
+    return flow
+
+
+def runner_deployments(path: str | Path = PREFECT_YAML, only: list[str] | None = None) -> tuple[list[Any], list[str]]:
+    """Runner deployments for every flow of prefect.yaml that imports; plus one line per flow that was skipped.
+
+    Entrypoints become module paths (``flows.baseline.synthetic_shift_baseline``) so flow runs find their code
+    whatever the runner's working directory.
+    """
+    from prefect.deployments.runner import EntrypointType
+
+    deployments, skipped = [], []
+    for spec in read_deployment_specs(path):
+        if only and spec.name not in only:
+            continue
+        try:
+            flow = load_flow(spec)
+        except (ImportError, AttributeError) as exc:
+            skipped.append(f"{spec.name}: {spec.entrypoint} is not available ({type(exc).__name__}: {exc})")
+            continue
+        deployments.append(flow.to_deployment(
+            name=spec.name, description=spec.description, tags=list(spec.tags), parameters=spec.parameters or None,
+            schedules=_schedules(spec) or None, entrypoint_type=EntrypointType.MODULE_PATH,
+        ))
+    return deployments, skipped

@@ -1,0 +1,391 @@
+"""Flows ``pretrained_finetune`` and ``hparam_ablation``: fine-tune pre-trained models, pick the LR, train copies, ER."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lib.finetune import PRESETS, STRATEGIES, FinetuneHparams, FinetuneRun, RunOutcome, plan_run, register_run, select_best_lr
+from lib.pretrain import PretrainConfig
+from lib.store import Store, safe_name
+from tasks.finetune import dfr_one, finetune_one, pretrain_checkpoint
+from tasks.prediction import predict_split
+
+# The paper's recipe (8 epochs, batch 512, lr 3e-4..1e-6) barely moves a small CNN on 1.4k digits in 24
+# steps; this is the miniature's: the same shape (AdamW, cosine, warm-up, LP stage, copies), CPU-sized.
+MINIATURE = FinetuneHparams(epochs=8, warmup_epochs=1.0, batch_size=64, weight_decay=0.05,
+                            lr_grid=(3e-3, 1e-3, 3e-4), copies=3, lp_epochs=4, lp_lr=1e-2)
+
+
+class FinetuneConfig(BaseModel):
+    """Parameters of the fine-tuning experiment (Prefect renders them as a form)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str = Field("digits", description="dataset name (askshift datasets)")
+    shift: str = Field("out_of_support", description="shift preset (askshift shifts)")
+    root: str | None = Field(None, description="dataset folder, for datasets that are not bundled")
+    store: str = Field("store", description="results store root; results land in STORE/<experiment>/")
+    experiment: str | None = Field(None, description="experiment folder; default: the spec's name (the baseline's)")
+    cache_dir: str | None = Field(None, description=".beton and pre-trained checkpoint cache; default STORE/_cache")
+    preset: str | None = Field(None, description="paper preset (openai_clip, augreg_in21k): sets models, strategies, recipe")
+    models: tuple[str, ...] = Field(("cnn:small",), description="pre-trained models (lib.models names)")
+    strategies: tuple[str, ...] = Field(("ft", "lp-ft"), description="fine-tuning strategies (askshift models)")
+    same_arch_control: bool = Field(True, description="also train each architecture from scratch (group scratch-same-arch)")
+    pretrained: dict[str, str] = Field(default_factory=dict, description="model -> weights file (or 'hub'); cnn: models "
+                                       "without one use the cached local glyph checkpoint (askshift pretrain)")
+    model_options: dict[str, dict[str, float | int | str | bool]] = Field(default_factory=dict, description="model -> build options")
+    hparams: FinetuneHparams | None = Field(None, description="recipe; default: the preset's, the miniature for cnn: models, else the paper's")
+    seed: int = Field(0, description="seed of the sweep; copies use seed, seed+1, ...")
+    pretrain: PretrainConfig | None = Field(None, description="settings of the local glyph checkpoint (default PretrainConfig)")
+    baseline: dict[str, Any] = Field(default_factory=dict, description="BaselineConfig overrides if the baseline must be trained first")
+    dfr_split: str | None = Field(None, description="also refit each copy's last layer by DFR on this split (needs group labels)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    num_workers: int = Field(1, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    report: bool = True
+
+    @field_validator("strategies", "models")
+    @classmethod
+    def _not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.strip() for v in value if v.strip())
+
+    def resolved(self) -> "FinetuneConfig":
+        """Preset and default recipe applied; the preset's model replaces the default model."""
+        update: dict[str, Any] = {}
+        if self.preset:
+            p = PRESETS.get(self.preset)
+            if self.models == ("cnn:small",):
+                update["models"] = (p.model,)
+            if self.strategies == ("ft", "lp-ft"):
+                update["strategies"] = p.strategies
+            update["hparams"] = self.hparams or p.hparams
+        elif self.hparams is None:
+            cnn_only = all(m.startswith("cnn:") for m in self.models)
+            update["hparams"] = MINIATURE if cnn_only else FinetuneHparams()
+        return self.model_copy(update=update)
+
+    def resolved_cache_dir(self) -> str:
+        return str(Path(self.cache_dir or Path(self.store) / "_cache").expanduser().resolve())
+
+    def group_name(self, strategy: str, model: str) -> str:
+        group = STRATEGIES.get(strategy).group
+        return group if len(self.models) == 1 else f"{group} {model}"
+
+
+def check_config(config: FinetuneConfig) -> FinetuneConfig:
+    """Resolve and validate everything that can be checked before training (raises one-line errors)."""
+    from lib.finetune import validate_finetune
+
+    config = config.resolved()
+    validate_finetune(config.models, config.strategies, config.hparams, preset=config.preset, class_names_needed=False)
+    return config
+
+
+def pretrain_path(config: FinetuneConfig, model: str) -> Path:
+    """Where the cached local glyph checkpoint of ``model`` lives (STORE/_cache/pretrained/...)."""
+    from lib.store import content_hash
+
+    pre = (config.pretrain or PretrainConfig()).model_copy(update={"model": model})
+    return Path(config.resolved_cache_dir()) / "pretrained" / f"glyphs-{safe_name(model)}-{content_hash(pre)}.pt"
+
+
+@flow(name="pretrained-finetune", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
+      flow_run_name="finetune {config.dataset} {config.shift}")
+def pretrained_finetune(config: FinetuneConfig) -> dict:
+    """Fine-tune pre-trained models on the reference distribution and measure their effective robustness.
+
+    1. make sure the experiment has its from-scratch baseline (run the baseline flow if not);
+    2. sweep the learning rates, one task per (model, strategy, lr) -- LP-FT's probe stage is shared;
+    3. pick each (model, strategy)'s LR by reference-validation accuracy and train ``copies`` seeds at it;
+    4. predict every copy on every split; 5. report ER with copies aggregated, per group.
+    """
+    from lib.loaders import split_info
+    from lib.specs import get_spec
+
+    config = check_config(config)
+    hp = config.hparams
+    spec = get_spec(config.shift, dataset=config.dataset, root=config.root)
+    store = str(Store(config.store).root)
+    name = config.experiment or spec.name
+    exp = Store(store).experiment(name)
+    cache_dir = config.resolved_cache_dir()
+
+    ensure_baseline(config, store, name, cache_dir)
+    exp.write_config(config, name="finetune")
+    info = split_info(spec, "source_train", cache_dir)
+    class_names = list(info.class_names or [])
+    from lib.finetune import validate_finetune
+
+    validate_finetune(config.models, config.strategies, hp, preset=config.preset, class_names=class_names)
+
+    weights = resolve_pretrained(config)
+    strategies = list(config.strategies) + (["scratch"] if config.same_arch_control and "scratch" not in config.strategies else [])
+    common = dict(dataset=config.dataset, shift=config.shift, root=config.root, class_names=class_names)
+    submit = dict(device=config.device, num_workers=config.num_workers, eval_batch_size=config.eval_batch_size)
+
+    def plan(model: str, strategy: str, lr: float, seed: int, **overrides: Any) -> FinetuneRun:
+        return plan_run(strategy, model, hp, lr, seed, pretrained=weights.get(model), model_options=config.model_options.get(model),
+                        train_overrides=overrides or None, **common)
+
+    # 2. The sweep: every (model, strategy, lr) fans out at once; a probe stage shared by several LP-FT
+    # runs is submitted once and they wait for it.
+    lr_grid = {s: hp.lr_grid for s in strategies}
+    run_future = make_submitter(store, name, cache_dir, submit)
+    sweep = {}
+    for model in config.models:
+        for strategy in strategies:
+            for lr in lr_grid[strategy]:
+                run = plan(model, strategy, lr, config.seed)
+                sweep[(model, strategy, lr)] = (run, run_future(run))
+    print(f"sweep: {len(sweep)} runs ({len(config.models)} models x {len(strategies)} strategies x LR grid)")
+
+    # 3. Selection and copies.
+    selected: dict[tuple[str, str], float] = {}
+    copies: list[tuple[str, str, FinetuneRun, Any]] = []
+    for model in config.models:
+        for strategy in strategies:
+            results = [(lr, sweep[(model, strategy, lr)][1].result()["val_accuracy"]) for lr in lr_grid[strategy]]
+            best = select_best_lr(results)
+            selected[(model, strategy)] = best
+            table = ", ".join(f"{lr:g}: {acc:.4f}" for lr, acc in results)
+            print(f"{strategy} {model}: source_val accuracy by lr {{{table}}} -> lr {best:g}")
+            run0, future0 = sweep[(model, strategy, best)]
+            copies.append((model, strategy, run0, future0))
+            for k in range(1, hp.copies):
+                run = plan(model, strategy, best, config.seed + k)
+                copies.append((model, strategy, run, run_future(run)))
+
+    model_ids = register_and_predict(config, store, name, cache_dir, spec, copies)
+    print(f"{len(model_ids)} fine-tuned models registered in {exp.root}")
+
+    summary = []
+    if config.report:
+        summary = er_report(store, name)
+        print(format_er_table(summary))
+    return {
+        "experiment": str(exp.root),
+        "selected": [{"model": m, "strategy": s, "lr": lr} for (m, s), lr in selected.items()],
+        "models": model_ids,
+        "report": str(exp.report_path) if config.report else None,
+    }
+
+
+def make_submitter(store: str, name: str, cache_dir: str, submit: dict) -> Callable[[FinetuneRun], Any]:
+    """``run -> future``: submits each distinct run once (by its hash), after the run it starts from."""
+    futures: dict[str, Any] = {}
+
+    def run_future(run: FinetuneRun):
+        run_id = run.run_id()
+        if run_id not in futures:
+            wait_for = [run_future(run.init)] if run.init is not None else []
+            futures[run_id] = finetune_one.submit(store, name, run, cache_dir, wait_for=wait_for, **submit)
+        return futures[run_id]
+
+    return run_future
+
+
+def ensure_baseline(config: FinetuneConfig, store: str, name: str, cache_dir: str) -> None:
+    """Run (or reuse) the baseline flow when the experiment has no baseline models: ER needs the line."""
+    exp = Store(store).experiment(name)
+    models = exp.models()
+    if (models["group"] == "baseline").sum() >= 3:
+        return
+    from flows.baseline import BaselineConfig, synthetic_shift_baseline
+
+    values = {"dataset": config.dataset, "shift": config.shift, "root": config.root, "store": store, "experiment": name,
+              "cache_dir": cache_dir, "device": config.device, "num_workers": config.num_workers, "report": False,
+              **config.baseline}
+    print(f"experiment {name!r} has no baseline models yet: running the baseline flow first")
+    synthetic_shift_baseline(BaselineConfig(**values))
+
+
+def resolve_pretrained(config: FinetuneConfig) -> dict[str, str | None]:
+    """model -> weights.  cnn: models without --pretrained get the cached local glyph checkpoint (built if needed)."""
+    weights: dict[str, str | None] = {}
+    for model in config.models:
+        if model in config.pretrained:
+            path = config.pretrained[model]
+            if path != "hub" and not Path(path).exists():
+                raise FileNotFoundError(f"pre-trained weights {path!r} for {model} do not exist")
+            weights[model] = path
+        elif model.startswith("cnn:"):
+            out = pretrain_path(config, model)
+            pre = (config.pretrain or PretrainConfig()).model_copy(update={"model": model})
+            print(f"{model}: no --pretrained given; using the local glyph checkpoint {out} "
+                  f"({'cached' if out.exists() else 'building it now: a stand-in for CLIP/AugReg pre-training'})")
+            device = "cpu" if config.device == "auto" else config.device
+            weights[model] = pretrain_checkpoint.submit(pre, str(out), device=device).result()
+        elif model.startswith("timm:"):
+            weights[model] = "hub"  # fails fast with a clear line when HF_HUB_OFFLINE=1
+        else:
+            weights[model] = None  # clip: the tag in the name (or an error asking for a local file)
+    return weights
+
+
+def register_and_predict(config: FinetuneConfig, store: str, name: str, cache_dir: str, spec: Any,
+                         copies: list[tuple[str, str, FinetuneRun, Any]], group_of=None) -> list[str]:
+    """Register each finished copy under its group, DFR it if asked, and predict it on every split."""
+    exp = Store(store).experiment(name)
+    splits = ["source_val"] + spec.target_splits()
+    model_ids, predictions = [], []
+    for model, strategy, run, future in copies:
+        out = future.result()
+        outcome = RunOutcome(out["run_id"], out["model_id"], _final_checkpoint(exp, run), out["val_accuracy"], out["num_classes"])
+        group = group_of(model, strategy) if group_of else config.group_name(strategy, model)
+        ids = [register_run(exp, run, outcome, group=group, base_model=model)]
+        if config.dfr_split:
+            ids.append(dfr_one.submit(store, name, ids[0], config.dfr_split, config.dataset, config.shift, cache_dir,
+                                      root=config.root, device=config.device, num_workers=config.num_workers).result())
+        model_ids.extend(ids)
+    # One prediction task per split for all the models: one FFCV loader serves them all.
+    for split in splits:
+        predictions.append(predict_split.submit(
+            store, name, model_ids, split, config.dataset, config.shift, cache_dir, root=config.root,
+            device=config.device, batch_size=config.eval_batch_size, num_workers=config.num_workers))
+    wait(predictions)
+    failed = [f for f in predictions if f.state.is_failed() or f.state.is_crashed()]
+    if failed:
+        failed[0].result()
+    return model_ids
+
+
+def _final_checkpoint(exp, run: FinetuneRun) -> Path:
+    from lib.finetune import final_checkpoint
+
+    return final_checkpoint(exp, run)
+
+
+def er_report(store: str, experiment: str) -> list[dict]:
+    """The report flow (metrics, ER tables, plots, report.md, artifacts); returns the per-group summary rows."""
+    from flows.report import report
+
+    result = report(store, experiment)
+    return result.summary.to_dicts() if result.summary.height else []
+
+
+def format_er_table(summary: list[dict], view: str = "full") -> str:
+    """Terminal table: one line per (shift, group), ER mean with its 95% interval, copies aggregated."""
+    rows = [r for r in summary if r.get("view") == view and r.get("sub_split", "all") == "all" and r.get("group") != "baseline"]
+    if not rows:
+        return "no ER rows (no shifted split with baseline and fine-tuned predictions)"
+    lines = [f"{'shift':<16} {'group':<28} {'n':>2}  {'ER':>7}  {'95% interval':<19} verdict"]
+    for r in sorted(rows, key=lambda r: (r["shift"], r["group"])):
+        lines.append(f"{r['shift']:<16} {r['group']:<28} {r['n_models']:>2}  {r['effective_robustness']:>+7.3f}  "
+                     f"[{r['er_lower']:+.3f}, {r['er_upper']:+.3f}]  {r['verdict']}")
+    return "\n".join(lines)
+
+
+# --- hyper-parameter ablation -------------------------------------------------------------------------
+class AblationConfig(BaseModel):
+    """Vary one hyper-parameter at a time around the selected fine-tuning config and report ER per value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="the base experiment (its selection is reused)")
+    model: str | None = Field(None, description="model to ablate; default: the first of finetune.models")
+    strategy: str | None = Field(None, description="strategy to ablate; default: zs-ft for clip: models, else ft")
+    epochs: tuple[int, ...] | None = Field(None, description="default: 1/4, 1/2, 2x the recipe's epochs")
+    lrs: tuple[float, ...] | None = Field(None, description="default: the recipe's LR grid")
+    batch_sizes: tuple[int, ...] | None = Field(None, description="default: 1/4, 1/2, 2x the recipe's batch size")
+    weight_decays: tuple[float, ...] | None = Field(None, description="default: 0, 0.01, 0.1, 0.3")
+    copies: int | None = Field(None, ge=1, description="seeds per value; default: the recipe's copies")
+
+    def grids(self, hp: FinetuneHparams) -> dict[str, tuple]:
+        return {
+            "epochs": self.epochs or tuple(sorted({max(1, hp.epochs // 4), max(1, hp.epochs // 2), hp.epochs, hp.epochs * 2})),
+            "lr": self.lrs or hp.lr_grid,
+            "batch_size": self.batch_sizes or tuple(sorted({max(1, hp.batch_size // 4), max(1, hp.batch_size // 2), hp.batch_size, hp.batch_size * 2})),
+            "weight_decay": self.weight_decays or tuple(sorted({0.0, 0.01, 0.1, 0.3, hp.weight_decay})),
+        }
+
+
+@flow(name="hparam-ablation", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
+      flow_run_name="hparam ablation {config.finetune.dataset} {config.finetune.shift}")
+def hparam_ablation(config: AblationConfig) -> dict:
+    """Run (or reuse) the fine-tuning experiment for one (model, strategy), then retrain it with one
+    hyper-parameter changed at a time (epochs, lr, batch size, weight decay), ``copies`` seeds per value,
+    and tabulate ER per value (``tables/hparam_ablation.parquet``)."""
+    from lib.specs import get_spec
+
+    base = check_config(config.finetune)
+    model = config.model or base.models[0]
+    strategy = config.strategy or ("zs-ft" if model.startswith("clip:") else "ft")
+    base = base.model_copy(update={"models": (model,), "strategies": (strategy,)})
+    hp = base.hparams
+    result = pretrained_finetune(base)
+    lr = next(s["lr"] for s in result["selected"] if s["strategy"] == strategy)
+    store, spec = str(Store(base.store).root), get_spec(base.shift, dataset=base.dataset, root=base.root)
+    name = Path(result["experiment"]).name
+    cache_dir = base.resolved_cache_dir()
+    from lib.loaders import split_info
+
+    class_names = list(split_info(spec, "source_train", cache_dir).class_names or [])
+    weights = resolve_pretrained(base)
+    group = base.group_name(strategy, model)
+    selected = {"epochs": hp.epochs, "lr": lr, "batch_size": hp.batch_size, "weight_decay": hp.weight_decay}
+    submit = dict(device=base.device, num_workers=base.num_workers, eval_batch_size=base.eval_batch_size)
+    copies, labels = [], {}
+    run_future = make_submitter(store, name, cache_dir, submit)
+    for hparam, values in config.grids(hp).items():
+        for value in values:
+            if value == selected[hparam]:
+                continue  # the selected config itself is the experiment's own group
+            label = f"{group} {hparam}={value:g}"
+            labels[label] = (hparam, value)
+            for k in range(config.copies or hp.copies):
+                overrides = {} if hparam == "lr" else {hparam: value}
+                run = plan_run(strategy, model, hp, value if hparam == "lr" else lr, base.seed + k, dataset=base.dataset,
+                               shift=base.shift, root=base.root, pretrained=weights.get(model), class_names=class_names,
+                               model_options=base.model_options.get(model), train_overrides=overrides or None)
+                copies.append((model, label, run, run_future(run)))
+    register_and_predict(base, store, name, cache_dir, spec, copies, group_of=lambda _m, label: label)
+    summary = er_report(store, name)
+    table = ablation_table(summary, group, selected, labels)
+    exp = Store(store).experiment(name)
+    exp.write_table("hparam_ablation", table, config=config)
+    print(format_ablation(table))
+    return {"experiment": str(exp.root), "table": str(exp.table_path("hparam_ablation"))}
+
+
+def ablation_table(summary: list[dict], group: str, selected: dict[str, float], labels: dict[str, tuple[str, float]]):
+    """One row per (shift, hyper-parameter, value): ER and interval (full-range fit), the selected value marked."""
+    import polars as pl
+
+    rows = []
+    for r in summary:
+        if r.get("view") != "full" or r.get("sub_split", "all") != "all":
+            continue
+        if r["group"] == group:
+            entries = [(h, v, True) for h, v in selected.items()]
+        elif r["group"] in labels:
+            entries = [(*labels[r["group"]], False)]
+        else:
+            continue
+        for hparam, value, is_selected in entries:
+            rows.append({"shift": r["shift"], "hparam": hparam, "value": float(value), "selected": is_selected,
+                         "group": r["group"], "n_models": r["n_models"], "reference_accuracy": r.get("reference_accuracy"),
+                         "shifted_accuracy": r.get("shifted_accuracy"), "effective_robustness": r["effective_robustness"],
+                         "er_lower": r["er_lower"], "er_upper": r["er_upper"]})
+    schema = {"shift": pl.String, "hparam": pl.String, "value": pl.Float64, "selected": pl.Boolean, "group": pl.String,
+              "n_models": pl.Int64, "reference_accuracy": pl.Float64, "shifted_accuracy": pl.Float64,
+              "effective_robustness": pl.Float64, "er_lower": pl.Float64, "er_upper": pl.Float64}
+    return pl.DataFrame(rows, schema=schema).sort("shift", "hparam", "value")
+
+
+def format_ablation(table) -> str:
+    lines = [f"{'shift':<16} {'hparam':<13} {'value':>9}  {'ER':>7}  95% interval"]
+    for r in table.iter_rows(named=True):
+        mark = " (selected)" if r["selected"] else ""
+        lines.append(f"{r['shift']:<16} {r['hparam']:<13} {r['value']:>9g}  {r['effective_robustness']:>+7.3f}  "
+                     f"[{r['er_lower']:+.3f}, {r['er_upper']:+.3f}]{mark}")
+    return "\n".join(lines)
+
+
+__all__ = ["FinetuneConfig", "AblationConfig", "MINIATURE", "pretrained_finetune", "hparam_ablation", "check_config",
+           "format_er_table", "ablation_table", "pretrain_path"]

@@ -1,0 +1,145 @@
+"""A Prefect server (API + UI) in a subprocess on host:port: started, health-checked, stopped by PID."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator
+
+DEFAULT_PORT = 4200
+LOOPBACK = "127.0.0.1"
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port the OS says is free now (bind to 0)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def choose_port(host: str, requested: int | None) -> int:
+    """``requested`` if given; else Prefect's usual 4200 when free, else any free port."""
+    if requested is not None:
+        return requested
+    return DEFAULT_PORT if port_is_free(host, DEFAULT_PORT) else free_port(host)
+
+
+def server_env(host: str, port: int) -> dict[str, str]:
+    """Environment of the server process: no telemetry, bound where asked, UI pointed at its own API."""
+    from lib.env import SAFE_DEFAULTS
+
+    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in SAFE_DEFAULTS.items()}}
+    env.update({
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_API_HOST": host,
+        "PREFECT_SERVER_API_PORT": str(port),
+    })
+    env.pop("PREFECT_API_URL", None)  # the server is the API; a client URL would make it talk to another one
+    return env
+
+
+@dataclass
+class PrefectServer:
+    """A running ``prefect server start`` process."""
+
+    host: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path | None = None
+    _log: IO | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        shown = LOOPBACK if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{shown}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    def healthy(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.api_url}/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Prefect server exited with status {self.process.returncode} "
+                                   f"before answering{self._log_hint()}")
+            if self.healthy():
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"the Prefect server did not answer {self.api_url}/health within {timeout:.0f} s"
+                           f"{self._log_hint()}")
+
+    def _log_hint(self) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        return f" (log {self.log_path}: {' | '.join(tail)})"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the server (its PID), then SIGKILL after ``timeout`` seconds."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def start_server(host: str = LOOPBACK, port: int | None = None, log_path: str | os.PathLike | None = None,
+                 timeout: float = 180.0) -> PrefectServer:
+    """Start ``prefect server start`` on host:port (UI included) and wait until /api/health answers."""
+    port = choose_port(host, port)
+    if not port_is_free(host, port):
+        raise RuntimeError(f"port {port} on {host} is taken: choose another with --port")
+    log = None
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")
+    exe = Path(sys.executable).with_name("prefect")
+    cmd = [str(exe) if exe.exists() else "prefect", "server", "start", "--host", host, "--port", str(port)]
+    process = subprocess.Popen(cmd, env=server_env(host, port), stdout=log or subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT if log else subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    server = PrefectServer(host, port, process, Path(log_path) if log_path else None, log)
+    try:
+        server.wait_healthy(timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def running_server(host: str = LOOPBACK, port: int | None = None, log_path: str | os.PathLike | None = None,
+                   timeout: float = 180.0) -> Iterator[PrefectServer]:
+    server = start_server(host, port, log_path, timeout)
+    try:
+        yield server
+    finally:
+        server.stop()

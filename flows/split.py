@@ -1,0 +1,189 @@
+"""Flow ``split_shift``: divide a shifted split into in-support and out-of-support parts and report ER on each.
+
+Reads like Section 5.2 of the paper: a domain classifier learns to tell reference from shifted
+examples (learning rate by held-out AUROC), k-fold cross-fitting scores every example with a
+model that never saw it, one temperature calibrates the scores, density ratios r = p/(1-p) ·
+n_ref/n_shift follow, and shifted examples with r ≥ 1/ε are out-of-support.  The membership goes
+into the experiment store (``subsplits/<split>.parquet``), so every metric and ER function
+accepts ``sub_split="in_support" | "out_of_support"``; then ER per part for every model group.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from prefect import flow, get_run_logger
+from prefect.futures import wait
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lib.domain_classifier import DomainSetup, example_images, load_domain_data
+from lib.specs import ExperimentSpec
+from lib.store import ExperimentStore, Store, atomic_write_text
+from lib.support import (DEFAULT_EPSILON, DEFAULT_FOLDS, EPSILONS, DomainClassifierConfig, SupportEstimate,
+                         assemble_cross_fit, check_epsilons, choose_lr, estimate_support, fold_plan,
+                         separation_failure)
+from tasks.support import fit_fold, fit_lr_point
+
+
+class SplitConfig(BaseModel):
+    """Parameters of the split flow (validated before any compute)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spec: ExperimentSpec = Field(description="reference distribution and shifted targets (lib.specs)")
+    targets: tuple[str, ...] | None = Field(None, description="targets to split (default: every target of the spec)")
+    reference_split: str = Field("source_train", description="split the reference sample is drawn from")
+    eval_reference_split: str = Field("source_val", description="reference split of the ER line")
+    classifier: DomainClassifierConfig = Field(default_factory=DomainClassifierConfig)
+    folds: int = Field(DEFAULT_FOLDS, ge=2, description="cross-fitting folds (GroupKFold when the shifted set has groups)")
+    epsilons: tuple[float, ...] = Field(EPSILONS, description="ε values whose split sizes are tabulated")
+    epsilon: float = Field(DEFAULT_EPSILON, description="ε of the stored split (0.2: paper; 0.1: released notebook)")
+    store: str = Field("store", description="results store root")
+    experiment: str | None = Field(None, description="experiment folder (default: the spec's name)")
+    cache_dir: str | None = Field(None, description=".beton cache (default STORE/_cache)")
+    device: str = Field("cpu", description="device of the domain classifier: cpu, cuda, cuda:1, ...")
+    num_workers: int = Field(1, ge=1, description="FFCV decoding threads per task")
+    baseline_group: str = Field("baseline", description="group whose models define the ER line")
+    examples_per_row: int = Field(8, ge=0, le=32, description="images per row of the example grid")
+    seed: int = 0
+
+    @field_validator("epsilons")
+    @classmethod
+    def _eps_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        return check_epsilons(value)
+
+    @field_validator("epsilon")
+    @classmethod
+    def _one_eps(cls, value: float) -> float:
+        return check_epsilons([value])[0]
+
+    def experiment_name(self) -> str:
+        return self.experiment or self.spec.name
+
+    def resolved_cache_dir(self) -> str:
+        return self.cache_dir or str(Path(self.store).expanduser().resolve() / "_cache")
+
+    def target_names(self) -> tuple[str, ...]:
+        names = self.targets or tuple(self.spec.targets)
+        unknown = [t for t in names if t not in self.spec.targets]
+        if unknown:
+            raise ValueError(f"unknown target(s) {', '.join(unknown)}; the spec has: {', '.join(self.spec.targets)}")
+        return names
+
+    def setup(self, target: str) -> DomainSetup:
+        return DomainSetup(spec=self.spec, reference_split=self.reference_split, shifted_split=f"{target}_val",
+                           cache_dir=self.resolved_cache_dir(), classifier=self.classifier, folds=self.folds,
+                           seed=self.seed)
+
+
+def _artifact_key(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:60] or "split"
+
+
+def _publish(key: str, markdown: str, base: Path, sizes) -> None:
+    """Markdown (with images inlined) and the ε table as Prefect artifacts; never fails the flow."""
+    try:
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        from lib.report import inline_images
+
+        create_markdown_artifact(key=key, markdown=inline_images(markdown, base), description="support split")
+        rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in sizes.to_dicts()]
+        create_table_artifact(key=f"{key}-sizes", table=rows, description="split sizes per epsilon")
+    except Exception as exc:  # noqa: BLE001 -- artifacts are a view; the store holds the results
+        get_run_logger().warning(f"could not publish artifacts for {key}: {exc}")
+
+
+def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """tune -> folds -> calibrate -> ratios -> sub-split -> ER per part -> report section."""
+    import polars as pl
+
+    from lib.support_report import (example_grid, pick_examples, probability_histogram, section_markdown,
+                                    support_er)
+
+    setup = config.setup(target)
+    split = setup.shifted_split
+    data = load_domain_data(setup)
+    log(f"{split}: {data.n_reference} reference vs {data.n_shifted} shifted examples, {config.folds} folds"
+        + (" (GroupKFold)" if data.grouped else ""))
+    store, name = str(Store(config.store).root), exp.name
+
+    lrs = config.classifier.lrs
+    tuning = None
+    if len(lrs) > 1:
+        futures = [fit_lr_point.submit(store, name, setup, lr, config.device, config.num_workers) for lr in lrs]
+        wait(futures)
+        aurocs = [f.result() for f in futures]
+        lr = choose_lr(list(zip(lrs, aurocs)))
+        tuning = pl.DataFrame({"lr": list(lrs), "auroc": aurocs})
+        exp.write_table(f"support_tuning_{target}", tuning, config=setup)
+        log(f"{split}: learning rate {lr:g} (held-out AUROC " + ", ".join(f"{a:.3f}" for a in aurocs) + ")")
+    else:
+        lr = lrs[0]
+
+    plan = fold_plan(data, config.folds, config.seed)
+    futures = [fit_fold.submit(store, name, setup, k, lr, config.device, config.num_workers) for k in range(config.folds)]
+    wait(futures)
+    scores = []
+    for fold, future in zip(plan, futures):
+        positions, logits = future.result()
+        order = np.argsort(positions)
+        if not np.array_equal(np.asarray(positions)[order], np.sort(fold.heldout)):
+            raise RuntimeError(f"fold {fold.fold} scored other examples than its held-out part; "
+                               f"delete {exp.root / 'runs'} entries of this split and re-run")
+        held = dict(zip(positions, logits))
+        scores.append(np.array([held[int(p)] for p in fold.heldout]))
+    logits = assemble_cross_fit(len(data), plan, scores)
+    fold_of = np.empty(len(data), np.int64)
+    for fold in plan:
+        fold_of[fold.heldout] = fold.fold
+
+    estimate: SupportEstimate = estimate_support(data, logits, fold_of, config.epsilons, config.epsilon)
+    exp.write_subsplit(split, estimate.subsplit_table())
+    resolved = {"split_config": config, "lr": lr, "alpha": estimate.calibration.alpha, "auroc": estimate.auroc}
+    exp.write_table(f"support_scores_{target}", estimate.scores_table(), config=resolved)
+    sizes = estimate.sweep()
+    exp.write_table(f"support_sizes_{target}", sizes, config=resolved)
+    failure = separation_failure(estimate.auroc)
+    log(f"{split}: AUROC {estimate.auroc:.3f}, alpha {estimate.calibration.alpha:.4g}"
+        + (f" -- WARNING: {failure}" if failure else ""))
+
+    er = support_er(exp, config.eval_reference_split, split, config.baseline_group)
+    if er.groups.height:
+        exp.write_table(f"support_er_{target}", er.groups, config=resolved)
+        exp.write_table(f"support_er_models_{target}", er.models, config=resolved)
+
+    plots = {"calibrated probabilities": probability_histogram(estimate, exp.plot_path(f"support_hist_{target}"),
+                                                               title=f"{split}: domain classifier")}
+    if config.examples_per_row:
+        picked = pick_examples(estimate, None, config.examples_per_row, config.seed)
+        rows = [("reference", example_images(setup, config.reference_split, picked["reference"])),
+                ("in-support", example_images(setup, split, picked["in-support"])),
+                ("out-of-support", example_images(setup, split, picked["out-of-support"]))]
+        plots["examples"] = example_grid(rows, exp.plot_path(f"support_examples_{target}"),
+                                         title=f"{split} at ε = {config.epsilon:g}")
+    markdown = section_markdown(target, split, estimate, lr, tuning, er, plots, exp.root, config.classifier.model)
+    section_path = atomic_write_text(exp.root / f"support_{target}.md", markdown)
+    _publish(_artifact_key(f"{exp.name}-support-{target}"), markdown, exp.root, sizes)
+    chosen = sizes.filter(pl.col("epsilon") == config.epsilon).row(0, named=True)
+    return {"split": split, "lr": lr, "auroc": estimate.auroc, "alpha": estimate.calibration.alpha,
+            "separated": failure is None, "in_support": chosen["in_support"], "out_of_support": chosen["out_of_support"],
+            "section": str(section_path), "subsplit": str(exp.subsplit_path(split))}
+
+
+@flow(name="split_shift", log_prints=True)
+def split_shift(config: SplitConfig) -> dict[str, dict[str, Any]]:
+    """Split every chosen target of ``config.spec`` into in-support and out-of-support parts."""
+    logger = get_run_logger()
+    exp = Store(config.store).experiment(config.experiment_name())
+    targets = config.target_names()
+    # Every target's input is checked (classes, sizes, folds) before the first model trains.
+    for target in targets:
+        load_domain_data(config.setup(target))
+    exp.write_config(config, name="split_config")
+    return {t: split_one_target(config, exp, t, logger.info) for t in targets}
+
+
+__all__ = ["SplitConfig", "split_shift", "split_one_target"]

@@ -1,0 +1,146 @@
+"""Prediction: logits of a model on a split, written to the store per (model, split); registered-model loading."""
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lib.store import ExperimentStore
+from lib.training import load_model_weights, resolve_device
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: Iterable, device: str | torch.device = "cpu", amp: str = "none"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits (float32, n x classes), labels and example indices of every batch ``loader`` yields.
+
+    Batches are ``(images, labels[, indices])``; without indices, examples are numbered in loader order.
+    ``amp`` ("bf16"/"fp16") is used on CUDA only; logits are always returned as float32.
+    """
+    device = resolve_device(device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if device.type == "cuda" else None
+    was_training = model.training
+    model.to(device).eval()
+    logits, labels, indices = [], [], []
+    seen = 0
+    try:
+        for batch in loader:
+            images = batch[0].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(images)
+            logits.append(out.float().cpu())
+            labels.append(batch[1].reshape(-1).long().cpu())
+            index = batch[2].reshape(-1).long().cpu() if len(batch) > 2 else torch.arange(seen, seen + len(images))
+            indices.append(index)
+            seen += len(images)
+    finally:
+        model.train(was_training)
+    if not logits:
+        raise ValueError("the loader yielded no batches: nothing to predict")
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(indices).numpy()
+
+
+# --- registered models -------------------------------------------------------------------------
+# A model registered with ``exp.register_model(model_id, group, architecture=..., num_classes=...,
+# model_options={...}, checkpoint=<path relative to the experiment folder>)`` can be rebuilt by any task.
+
+
+def model_record(exp: ExperimentStore, model_id: str) -> dict[str, Any]:
+    """The info a model was registered with (architecture, num_classes, checkpoint, ...), plus model/group."""
+    table = exp.models()
+    rows = table.filter(table["model"] == model_id)
+    if rows.height == 0:
+        raise KeyError(f"model {model_id!r} is not registered in {exp.root}; train it first")
+    row = rows.row(0, named=True)
+    return {"model": row["model"], "group": row["group"], **json.loads(row["info"])}
+
+
+def checkpoint_of(exp: ExperimentStore, record: dict[str, Any]) -> Path:
+    path = Path(record["checkpoint"])
+    return path if path.is_absolute() else exp.root / path
+
+
+def load_registered_model(exp: ExperimentStore, model_id: str) -> nn.Module:
+    """Build the registered architecture and load its checkpoint (weights_only) on CPU."""
+    from lib.models import build_model
+
+    record = model_record(exp, model_id)
+    missing = [k for k in ("architecture", "num_classes", "checkpoint") if k not in record]
+    if missing:
+        raise KeyError(f"model {model_id!r} was registered without {missing}; cannot rebuild it for prediction")
+    model = build_model(record["architecture"], int(record["num_classes"]), **record.get("model_options", {}))
+    return load_model_weights(model, checkpoint_of(exp, record))
+
+
+# Evaluation loaders are cached per process: building an FFCV Loader compiles its pipeline (seconds), while
+# a pass over a small split takes milliseconds, and prediction tasks of one flow often read the same split.
+_LOADERS: OrderedDict[tuple, tuple[Any, threading.Lock]] = OrderedDict()
+_LOADERS_LOCK = threading.Lock()
+MAX_CACHED_LOADERS = 8
+
+
+def eval_loader(spec: Any, split: str, cache_dir: str | Path, config: Any) -> tuple[Any, threading.Lock]:
+    """A (cached) sequential loader of ``split`` and the lock to hold while iterating it (tasks may share it)."""
+    from lib.loaders import split_info, split_loader
+
+    beton = split_info(spec, split, cache_dir).path  # a rewritten .beton gets a new entry
+    key = (spec.model_dump_json(), split, str(Path(cache_dir).resolve()), config.model_dump_json(), str(beton))
+    with _LOADERS_LOCK:
+        if key in _LOADERS:
+            _LOADERS.move_to_end(key)
+            return _LOADERS[key]
+    entry = (split_loader(spec, split, cache_dir, config, train=False), threading.Lock())
+    with _LOADERS_LOCK:
+        entry = _LOADERS.setdefault(key, entry)
+        while len(_LOADERS) > MAX_CACHED_LOADERS:
+            _LOADERS.popitem(last=False)
+    return entry
+
+
+def predict_to_store(
+    exp: ExperimentStore,
+    model_ids: str | Sequence[str],
+    split: str,
+    spec: Any,
+    cache_dir: str | Path,
+    model: nn.Module | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = 512,
+    num_workers: int = 1,
+    amp: str = "none",
+    overwrite: bool = False,
+) -> list[Path]:
+    """Predict each of ``model_ids`` (registered models, or ``model`` for a single id) on ``split`` of ``spec``
+    and store the logits per (model, split).
+
+    One cached loader serves every model (see ``eval_loader``).  Models whose predictions exist are skipped
+    unless ``overwrite``.  Example groups (WILDS domains, ...) come from the split's metadata when it has them.
+    """
+    from lib.loaders import LoaderConfig, split_info
+
+    model_ids = [model_ids] if isinstance(model_ids, str) else list(model_ids)
+    if model is not None and len(model_ids) != 1:
+        raise ValueError("pass a model object together with exactly one model id")
+    todo = [m for m in model_ids if overwrite or not exp.has_predictions(m, split)]
+    if todo:
+        device = resolve_device(device)
+        config = LoaderConfig(batch_size=batch_size, num_workers=num_workers, device=str(device))
+        loader, lock = eval_loader(spec, split, cache_dir, config)
+        groups = split_info(spec, split, cache_dir).groups
+        for model_id in todo:
+            net = model if model is not None else load_registered_model(exp, model_id)
+            with lock:
+                logits, labels, indices = predict(net, loader, device, amp=amp)
+            exp.write_predictions(model_id, split, logits, labels, indices,
+                                  np.asarray(groups)[indices] if groups is not None else None)
+    return [exp.predictions_path(m, split) for m in model_ids]
+
+
+__all__ = ["predict", "predict_to_store", "eval_loader", "model_record", "load_registered_model", "checkpoint_of"]

@@ -1,0 +1,155 @@
+"""Seaborn/matplotlib figures: "accuracy on the line" on probit axes and effective robustness per group.
+
+Figures are built with ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state), so they are safe in
+worker threads and headless machines; pass ``path=`` to write a PNG atomically.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from lib.er import ERResult, get_scale
+from lib.store import write_with
+
+TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+BASELINE_COLOR = "0.45"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    return fig, fig.subplots()
+
+
+def save_png(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as PNG through a temporary file renamed into place."""
+    return write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def _palette(groups: list[str], baseline_group: str) -> dict[str, tuple]:
+    import seaborn as sns
+
+    others = [g for g in groups if g != baseline_group]
+    colors = sns.color_palette("colorblind", max(len(others), 1))
+    out = {g: colors[i % len(colors)] for i, g in enumerate(others)}
+    out[baseline_group] = BASELINE_COLOR
+    return out
+
+
+def _accuracy_ticks(ax, scale, lo: float, hi: float) -> None:
+    """Axis positions are transformed accuracies; labels say the accuracy itself."""
+    ticks = [t for t in TICKS if lo <= scale.to_axis(t) <= hi]
+    positions = scale.to_axis(ticks)
+    labels = [f"{100 * t:g}%" for t in ticks]
+    ax.set_xticks(positions, labels)
+    ax.set_yticks(positions, labels)
+
+
+def accuracy_on_the_line(
+    result: ERResult,
+    window: ERResult | None = None,
+    title: str | None = None,
+    reference_label: str = "reference accuracy",
+    shifted_label: str = "shifted accuracy",
+    path: str | os.PathLike | None = None,
+):
+    """Shifted vs reference accuracy on transformed axes: baselines, fitted line with its band, other
+    groups by colour and marker, an optional comparable-baseline line (``window``) and y = x."""
+    import seaborn as sns
+
+    scale = get_scale(result.fit.scale)
+    df = result.table
+    groups = sorted(set(df["group"].to_list()), key=lambda g: (g != result.baseline_group, g))
+    palette = _palette(groups, result.baseline_group)
+    fig, ax = _figure(6.4, 5.2)
+    data = df.select(
+        pl.col("group"),
+        pl.Series("x", scale.to_axis(df["reference_accuracy"].to_numpy())),
+        pl.Series("y", scale.to_axis(df["shifted_accuracy"].to_numpy())),
+    ).to_pandas()
+    sizes = {g: (18 if g == result.baseline_group else 34) for g in groups}
+    for i, g in enumerate(groups):
+        part = data[data["group"] == g]
+        sns.scatterplot(data=part, x="x", y="y", ax=ax, color=palette[g], marker=MARKERS[i % len(MARKERS)],
+                        s=sizes[g], alpha=0.75 if g == result.baseline_group else 0.9, edgecolor="none",
+                        label=f"{g} ({len(part)})", zorder=3 if g != result.baseline_group else 2)
+    xs = np.concatenate([data["x"].to_numpy(), data["y"].to_numpy()])
+    lo, hi = float(xs.min()), float(xs.max())
+    pad = 0.08 * (hi - lo if hi > lo else 1.0)
+    lo, hi = lo - pad, hi + pad
+    grid = np.linspace(lo, hi, 200)
+
+    fit = result.fit
+    ax.plot(grid, fit.predict_axis(grid), color="black", lw=1.6, label=f"baseline fit (r = {fit.r:.2f})", zorder=4)
+    h = fit.half_width_axis(grid)
+    ax.fill_between(grid, fit.predict_axis(grid) - h, fit.predict_axis(grid) + h, color="black", alpha=0.15,
+                    lw=0, label=f"{int(round(100 * fit.confidence))}% band", zorder=1)
+    if window is not None and window.fit.fit_range is not None:
+        wlo, whi = (float(v) for v in scale.to_axis(window.fit.fit_range))
+        wgrid = np.linspace(max(wlo, lo), min(whi, hi), 100)
+        ax.plot(wgrid, window.fit.predict_axis(wgrid), color="tab:red", lw=1.6, ls="--", zorder=4,
+                label=f"comparable baselines {window.fit.fit_range[0]:.2f}-{window.fit.fit_range[1]:.2f} "
+                      f"(n = {window.fit.n})")
+    ax.plot([lo, hi], [lo, hi], color="0.6", lw=1, ls=":", label="y = x", zorder=0)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    _accuracy_ticks(ax, scale, lo, hi)
+    ax.set_xlabel(f"{reference_label} ({scale.name} scale)")
+    ax.set_ylabel(f"{shifted_label} ({scale.name} scale)")
+    ax.set_title(title or "Accuracy on the line")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7, frameon=True)
+    if path is not None:
+        save_png(fig, path)
+    return fig
+
+
+def er_by_group(
+    result: ERResult,
+    window: ERResult | None = None,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+):
+    """Each model's ER (points) and each group's mean with its interval (error bars); the
+    comparable-baseline view beside it when ``window`` is given."""
+    import seaborn as sns
+
+    views = [("full range", result)] + ([("comparable baselines", window)] if window is not None else [])
+    groups = sorted(set(result.table["group"].to_list()), key=lambda g: (g != result.baseline_group, g))
+    palette = _palette(groups, result.baseline_group)
+    fig, ax = _figure(max(4.5, 1.4 * len(groups) + 2), 4.2)
+    points = pl.concat([r.table.select("group", "effective_robustness").with_columns(pl.lit(v).alias("view"))
+                        for v, r in views]).to_pandas()
+    sns.stripplot(data=points, x="group", y="effective_robustness", hue="view" if window is not None else None,
+                  order=groups, dodge=window is not None, ax=ax, size=3, alpha=0.35, jitter=0.2,
+                  color=None if window is not None else "0.4", legend=False, zorder=1)
+    width = 0.4 if window is not None else 0.0
+    for j, (view, r) in enumerate(views):
+        summary = {row["group"]: row for row in r.groups.to_dicts()}
+        for i, g in enumerate(groups):
+            row = summary[g]
+            x = i + (j - (len(views) - 1) / 2) * width
+            mean = row["effective_robustness"]
+            ax.errorbar([x], [mean], yerr=[[mean - row["er_lower"]], [row["er_upper"] - mean]], fmt="D" if j else "o",
+                        color=palette[g] if j == 0 else "tab:red", ms=7, capsize=5, lw=2, zorder=3,
+                        label=view if i == 0 else None)
+    ax.axhline(0, color="black", lw=1)
+    ax.set_ylabel("effective robustness (accuracy)")
+    ax.set_xlabel("")
+    from matplotlib.ticker import PercentFormatter
+
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+    ax.set_title(title or "Effective robustness by group\n(mean and 95% interval; points: models)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if path is not None:
+        save_png(fig, path)
+    return fig
+
+
+__all__ = ["accuracy_on_the_line", "er_by_group", "save_png"]

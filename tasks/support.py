@@ -1,0 +1,79 @@
+"""Prefect tasks of the split flow: "fit/score one learning-rate grid point", "fit one fold and score its held-out part".
+
+Both are content-addressed runs in the experiment store (``runs/support-<kind>-<hash>/``): the
+scores land in ``scores.parquet`` and a ``done`` marker, so a relaunched flow skips finished
+folds and a killed one resumes from its newest epoch checkpoint.
+"""
+from __future__ import annotations
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lib.domain_classifier import DomainSetup, domain_images, fit_and_score, load_domain_data
+from lib.store import ExperimentStore, Store, atomic_write_parquet
+from lib.support import auroc, fold_plan, tuning_fold
+
+
+def _scores_done(exp: ExperimentStore, run_id: str):
+    import polars as pl
+
+    if exp.is_done(run_id):
+        return pl.read_parquet(exp.run_dir(run_id) / "scores.parquet")
+    return None
+
+
+def _fit(exp: ExperimentStore, setup: DomainSetup, run_id: str, train, heldout, lr: float, device: str,
+         num_workers: int, log) -> np.ndarray:
+    import polars as pl
+
+    data = load_domain_data(setup)
+    images = domain_images(setup, data, num_workers)
+    logits = fit_and_score(setup, data, images, train, heldout, lr, exp.run_dir(run_id) / "checkpoints", device, log)
+    atomic_write_parquet(exp.run_dir(run_id) / "scores.parquet",
+                         pl.DataFrame({"position": heldout, "domain": data.domain[heldout], "logit": logits}))
+    return logits
+
+
+@task(name="domain classifier: one learning rate", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
+      task_run_name="tune {setup.shifted_split}: lr={lr:g}")
+def fit_lr_point(store: str, experiment: str, setup: DomainSetup, lr: float, device: str = "cpu",
+                 num_workers: int = 1) -> float:
+    """Train on the tuning split at ``lr`` and return the held-out AUROC (reference vs shifted)."""
+    logger = get_run_logger()
+    exp = Store(store).experiment(experiment)
+    run_id = setup.run_id("tune", lr=lr)
+    done = _scores_done(exp, run_id)
+    if done is None:
+        data = load_domain_data(setup)
+        fold = tuning_fold(data, setup.folds, setup.seed)
+        _fit(exp, setup, run_id, fold.train, fold.heldout, lr, device, num_workers, logger.info)
+        done = _scores_done_after(exp, run_id)
+    value = auroc(done["domain"].to_numpy(), done["logit"].to_numpy())
+    logger.info(f"lr={lr:g}: held-out AUROC {value:.3f}")
+    return value
+
+
+def _scores_done_after(exp: ExperimentStore, run_id: str):
+    import polars as pl
+
+    exp.mark_done(run_id)
+    return pl.read_parquet(exp.run_dir(run_id) / "scores.parquet")
+
+
+@task(name="domain classifier: one fold", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
+      task_run_name="fold {fold} of {setup.shifted_split}")
+def fit_fold(store: str, experiment: str, setup: DomainSetup, fold: int, lr: float, device: str = "cpu",
+             num_workers: int = 1) -> tuple[list[int], list[float]]:
+    """Train on every fold but ``fold`` and score ``fold``'s examples: (positions, logits)."""
+    logger = get_run_logger()
+    exp = Store(store).experiment(experiment)
+    run_id = setup.run_id("fold", fold=fold, lr=lr)
+    done = _scores_done(exp, run_id)
+    if done is None:
+        data = load_domain_data(setup)
+        plan = fold_plan(data, setup.folds, setup.seed)[fold]
+        _fit(exp, setup, run_id, plan.train, plan.heldout, lr, device, num_workers, logger.info)
+        done = _scores_done_after(exp, run_id)
+    logger.info(f"fold {fold}: scored {done.height} held-out examples")
+    return done["position"].to_list(), done["logit"].to_list()

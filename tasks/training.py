@@ -1,0 +1,26 @@
+"""Prefect task "train one model": a content-addressed, resumable training run of lib.training."""
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lib.store import Store
+from lib.training import RunConfig, train_run
+
+
+# Retries resume from the newest epoch checkpoint, so a killed or failed attempt loses at most one epoch.
+# Caching is ours (run folders named by the config hash, a `done` marker), not Prefect's.
+@task(name="train one model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE,
+      task_run_name="train {run.shift}: {run.architecture} frac={run.train_fraction} seed={run.train.seed}")
+def train_one_model(
+    store: str,
+    experiment: str,
+    run: RunConfig,
+    cache_dir: str,
+    device: str = "auto",
+    num_workers: int = 1,
+) -> list[str]:
+    """Train one model (or resume it, or skip it when done); returns the ids of its kept checkpoints."""
+    logger = get_run_logger()
+    exp = Store(store).experiment(experiment)
+    return train_run(exp, run, cache_dir, device=device, num_workers=num_workers, log=logger.info)

@@ -1,0 +1,120 @@
+"""The from-scratch baseline flow end to end on digits, and the `askshift run baseline` CLI contract."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import polars as pl
+import pytest
+
+from flows.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def beton_cache(tmp_path_factory):
+    """One .beton cache for this module: the flow and the CLI test read the same digits files."""
+    return str(tmp_path_factory.mktemp("beton-cache"))
+
+
+def tiny_config(store, cache_dir, **overrides):
+    from flows.baseline import BaselineConfig
+
+    settings = dict(dataset="digits", shift="tint_p=0.5", store=str(store), cache_dir=cache_dir, model="cnn:tiny",
+                    epochs=2, train_fractions=(1.0, 0.5), batch_size=64, device="cpu")
+    return BaselineConfig(**{**settings, **overrides})
+
+
+def mtimes(folder):
+    return {p: p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_baseline_flow_trains_predicts_and_reports_then_reruns_without_recomputing(prefect_api, tmp_path, beton_cache):
+    from flows.baseline import synthetic_shift_baseline
+
+    config = tiny_config(tmp_path / "store", beton_cache)
+    exp_dir = synthetic_shift_baseline(config)
+    assert exp_dir.endswith("digits-tint_p=0.5")
+    from lib.store import Store
+
+    exp = Store(tmp_path / "store").experiment("digits-tint_p=0.5")
+    models = exp.models()
+    assert models.height == 4  # 2 training fractions x 2 kept epochs
+    assert set(models["group"]) == {"baseline"}
+    info = [json.loads(i) for i in models["info"]]
+    assert sorted((i["train_fraction"], i["epoch"]) for i in info) == [(0.5, 1), (0.5, 2), (1.0, 1), (1.0, 2)]
+
+    metrics = exp.read_table("metrics").filter(pl.col("sub_split") == "all")
+    assert metrics.height == 4 * 2  # one row per (model, split)
+    assert set(metrics["split"]) == {"source_val", "tint_val"}
+    assert metrics.select("model", "split").is_unique().all()
+    assert metrics["accuracy"].is_between(0, 1).all()
+    # The reference accuracies spread (epochs x fractions), which is what the line is fitted on.
+    reference = metrics.filter(pl.col("split") == "source_val")["accuracy"]
+    assert reference.max() - reference.min() > 0.02
+    er = exp.read_table("er")
+    assert "effective_robustness" in er.columns and er.height > 0
+    assert exp.report_path.exists()
+
+    before = mtimes(exp.root / "runs") | mtimes(exp.root / "predictions")
+    synthetic_shift_baseline(config)
+    assert mtimes(exp.root / "runs") | mtimes(exp.root / "predictions") == before  # nothing recomputed
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "epochs"),
+        (["--shift", "tint_q=0.5"], "tint_q=0.5"),
+        (["--model", "resnet"], "family prefix"),
+        (["--train-fractions", "1.5"], "train fractions"),
+        (["--keep-epochs", "9", "--epochs", "3"], "keep_epochs"),
+        (["--device", "tpu"], "device"),
+    ],
+)
+def test_invalid_baseline_settings_fail_with_one_line_before_any_compute(tmp_path, capsys, argv, message):
+    store = tmp_path / "store"
+    rc = cli_main(["run", "baseline", "--dataset", "digits", "--store", str(store), *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and message in err
+    assert not store.exists()
+
+
+def test_config_file_is_read_and_flags_override_it(tmp_path):
+    from flows.commands.run_baseline import build_config
+    from flows.cli import build_parser
+
+    config_file = tmp_path / "baseline.yaml"
+    config_file.write_text("epochs: 9\ntrain_fractions: [1.0, 0.3]\nmodel: cnn:tiny\nlr: 0.01\n")
+    args = build_parser().parse_args(["run", "baseline", "--config", str(config_file), "--epochs", "3",
+                                      "--store", str(tmp_path / "s")])
+    config = build_config(args)
+    assert (config.epochs, config.train_fractions, config.model, config.lr) == (3, (1.0, 0.3), "cnn:tiny", 0.01)
+
+
+def test_config_file_with_unknown_setting_is_rejected(tmp_path, capsys):
+    config_file = tmp_path / "baseline.json"
+    config_file.write_text(json.dumps({"epochs": 2, "learning_rate": 0.1}))
+    rc = cli_main(["run", "baseline", "--config", str(config_file), "--store", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "learning_rate" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cli_run_baseline_prints_store_path_and_writes_metrics_and_er_tables(prefect_api, askshift, tmp_path, beton_cache):
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(f"model: cnn:tiny\ntrain_fractions: [1.0, 0.5]\ncache_dir: {beton_cache}\ndevice: cpu\n")
+    store = tmp_path / "store"
+    proc = subprocess.run(
+        [askshift, "run", "baseline", "--dataset", "digits", "--shift", "tint_p=0.5", "--store", str(store),
+         "--epochs", "2", "--config", str(config_file)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = proc.stdout.strip().splitlines()[-1]
+    assert printed.startswith(str(store.resolve()))
+    metrics = pl.read_parquet(f"{printed}/tables/metrics.parquet")
+    assert {"model", "group", "split", "accuracy"} <= set(metrics.columns)
+    assert metrics.filter(pl.col("sub_split") == "all").select("model", "split").is_unique().all()
+    assert "effective_robustness" in pl.read_parquet(f"{printed}/tables/er.parquet").columns
