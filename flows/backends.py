@@ -19,7 +19,7 @@ import logging
 import os
 from typing import Any, Iterator
 
-from lib.cluster import GPU_TAG, WORKER_ENV
+from lib.cluster import GPU_TAG, WORKER_ENV, WORKER_PRELOAD
 
 logger = logging.getLogger("askshift.backends")
 
@@ -41,7 +41,10 @@ def _runner_classes():
 
         @property
         def gpu_slots(self) -> bool:
-            args = [str(a) for a in (self.cluster_kwargs or {}).get("worker_extra_args", [])]
+            kwargs = self.cluster_kwargs or {}
+            if "GPU" in (kwargs.get("resources") or {}):  # LocalCluster(resources=...)
+                return True
+            args = [str(a) for a in kwargs.get("worker_extra_args", [])]
             return any(a == "--resources" for a in args) and any(a.startswith("GPU=") for a in args)
 
         def submit(self, task, parameters, wait_for=None, dependencies=None):
@@ -70,7 +73,7 @@ def make_task_runner(backend: str = "local", profile: str | None = None, *, dask
         return _runner_classes()(
             cluster_class="distributed.LocalCluster",
             cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                            "host": "127.0.0.1", "dashboard_address": None},
+                            "host": "127.0.0.1", "dashboard_address": None, "preload": [WORKER_PRELOAD]},
         )
     if backend == "slurm":
         if not profile:

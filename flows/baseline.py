@@ -83,7 +83,7 @@ class BaselineConfig(BaseModel):
         if self.keep_epochs is None:
             keep = tuple(range(1, epochs + 1))
         else:
-            keep = tuple(sorted({min(epochs, max(1, round(e * epochs_factor))) for e in self.keep_epochs}))
+            keep = tuple(sorted({max(1, round(e * epochs_factor)) for e in self.keep_epochs}))
         return TrainConfig(
             epochs=epochs, lr=self.lr, optimizer=self.optimizer, schedule=self.schedule,
             warmup_epochs=self.warmup_epochs, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,

@@ -179,7 +179,8 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
     store = config.store_root()
     presets = config.presets()
     experiments = [config.experiment_name(p) for p in presets] + ([config.mixed_experiment_name()] if config.split else [])
-    progress = Progress(store, experiments, config.planned_runs(), STAGES, write=_say)
+    progress = Progress(store, experiments, config.planned_runs(), STAGES, write=_say,
+                        training_stages=("shifts", "mixed shift and split"))
     demo_exp = Store(store).experiment(DEMO_EXPERIMENT)
     demo_exp.write_config(config, name="demo_config")
     _say(f"[demo] {config.variant()} variant, seed {config.seed}: {len(config.active_shifts())} shifts in "
@@ -215,7 +216,9 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
             _update_progress(artifact, 15.0 + 75.0 * (i + 1) / len(runs))
         if config.split:
             _say(progress.line("splitting the mixed shift into in-support and out-of-support parts"))
-            split_shift(split_config(config, mixed_files["spec"]))
+            # One fold at a time: parallel folds would share torch's global RNG and threads (same seed, same split).
+            split_shift.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
+                split_config(config, mixed_files["spec"]))
 
         progress.enter("report", "ER per shift and group, both fit views, plots")
         result = write_demo_report(config, time.monotonic() - started)

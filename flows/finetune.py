@@ -4,8 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -290,18 +289,20 @@ class AblationConfig(BaseModel):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="the base experiment (its selection is reused)")
     model: str | None = Field(None, description="model to ablate; default: the first of finetune.models")
     strategy: str | None = Field(None, description="strategy to ablate; default: zs-ft for clip: models, else ft")
-    epochs: tuple[int, ...] | None = Field(None, description="default: 1/4, 1/2, 2x the recipe's epochs")
+    epochs: tuple[int, ...] | None = Field(None, description="default: 1/4, 1/2, 2x the recipe's epochs; () leaves epochs out")
     lrs: tuple[float, ...] | None = Field(None, description="default: the recipe's LR grid")
     batch_sizes: tuple[int, ...] | None = Field(None, description="default: 1/4, 1/2, 2x the recipe's batch size")
     weight_decays: tuple[float, ...] | None = Field(None, description="default: 0, 0.01, 0.1, 0.3")
     copies: int | None = Field(None, ge=1, description="seeds per value; default: the recipe's copies")
 
     def grids(self, hp: FinetuneHparams) -> dict[str, tuple]:
+        """Values per hyper-parameter (an empty tuple leaves that hyper-parameter out)."""
+        pick = lambda given, default: default if given is None else given  # noqa: E731
         return {
-            "epochs": self.epochs or tuple(sorted({max(1, hp.epochs // 4), max(1, hp.epochs // 2), hp.epochs, hp.epochs * 2})),
-            "lr": self.lrs or hp.lr_grid,
-            "batch_size": self.batch_sizes or tuple(sorted({max(1, hp.batch_size // 4), max(1, hp.batch_size // 2), hp.batch_size, hp.batch_size * 2})),
-            "weight_decay": self.weight_decays or tuple(sorted({0.0, 0.01, 0.1, 0.3, hp.weight_decay})),
+            "epochs": pick(self.epochs, tuple(sorted({max(1, hp.epochs // 4), max(1, hp.epochs // 2), hp.epochs, hp.epochs * 2}))),
+            "lr": pick(self.lrs, hp.lr_grid),
+            "batch_size": pick(self.batch_sizes, tuple(sorted({max(1, hp.batch_size // 4), max(1, hp.batch_size // 2), hp.batch_size, hp.batch_size * 2}))),
+            "weight_decay": pick(self.weight_decays, tuple(sorted({0.0, 0.01, 0.1, 0.3, hp.weight_decay}))),
         }
 
 

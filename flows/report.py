@@ -50,8 +50,8 @@ def report(
                           description=f"Effective robustness per model with fit diagnostics, experiment {experiment}")
         publish_markdown(f"{key}-report", result.markdown, base_dir=str(result.report_path.parent),
                          description=f"Effective robustness report, experiment {experiment}")
-    for line in result.readings.values():
-        print(line)
+    for where, line in result.readings.items():
+        print(f"{where}: {line}")
     print(f"report: {result.report_path}")
     return result
 

@@ -20,6 +20,9 @@ WORKER_ENV: dict[str, str] = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
 }
 
+# Imported by every worker at start-up (see flows/worker_setup.py).
+WORKER_PRELOAD = "flows.worker_setup"
+
 # Tag a Prefect task with this to make it hold one GPU slot on GPU workers (see flows.backends).
 GPU_TAG = "gpu"
 
@@ -82,6 +85,8 @@ class ClusterProfile(BaseModel):
     python: str | None = Field(None, description="interpreter on the nodes (default: the submitting one)")
     death_timeout: int = Field(120, ge=1, description="seconds a worker waits for an unreachable scheduler")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables exported in each job")
+    preload: list[str] = Field(default_factory=list, description="extra Dask worker preload modules or files "
+                               "(site plugins); askshift's own flows.worker_setup always comes first")
 
     @field_validator("walltime")
     @classmethod
@@ -139,6 +144,8 @@ class ClusterProfile(BaseModel):
 
     def worker_extra_args(self) -> list[str]:
         args: list[str] = []
+        for module in (WORKER_PRELOAD, *self.preload):
+            args += ["--preload", module]
         if self.gpus:
             # One GPU task holds one unit: a worker with GPU=1 runs one GPU task at a time.
             args += ["--resources", f"GPU={self.gpus_per_worker}"]

@@ -84,7 +84,7 @@ class DemoConfig(BaseModel):
     baseline_epochs: int = Field(6, ge=1)
     baseline_keep_epochs: tuple[int, ...] = (2, 4, 6)
     # local pre-training (askshift pretrain's glyph corpus); cached in STORE/_cache/pretrained/
-    pretrain_steps: int = Field(1200, ge=1)
+    pretrain_steps: int = Field(600, ge=1)
     pretrain_seed: int = Field(0, description="fixed, like a published checkpoint: every demo seed fine-tunes the same one")
     # fine-tuning of the pre-trained model
     strategies: tuple[str, ...] = ("ft", "lp-ft")
@@ -388,32 +388,36 @@ def count_done_runs(store: str | Path, experiments: Sequence[str]) -> int:
 class Progress:
     """Stage, models trained out of planned, elapsed time and ETA, as one line per call.
 
-    The ETA divides the time spent training so far by the runs finished in this process (cached runs
-    cost nothing) and adds a fixed allowance for what is left after training (the report).
+    The ETA divides the time spent since the first training stage began by the runs finished since then
+    (cached runs cost nothing) and adds a fixed allowance for what follows training (the report).
     """
 
     def __init__(self, store: str | Path, experiments: Sequence[str], planned_runs: int, stages: Sequence[str],
                  write: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
-                 report_seconds: float = 20.0):
+                 report_seconds: float = 20.0, training_stages: Sequence[str] | None = None):
         self.store, self.experiments, self.planned = Path(store), list(experiments), max(1, planned_runs)
         self.stages, self.write, self.clock = list(stages), write, clock
+        self.training_stages = set(training_stages) if training_stages is not None else set(stages)
         self.started = clock()
         self.report_seconds = report_seconds
         self.stage = ""
-        self.done_at_start = count_done_runs(self.store, self.experiments)
+        self.training_started: float | None = None
+        self.done_at_training_start = 0
 
     def done(self) -> int:
         return min(self.planned, count_done_runs(self.store, self.experiments))
 
     def eta(self) -> float | None:
         done = self.done()
-        fresh = done - self.done_at_start
         left = self.planned - done
         if left <= 0:
             return self.report_seconds
+        if self.training_started is None:
+            return None
+        fresh = done - self.done_at_training_start
         if fresh <= 0:
             return None
-        return (self.clock() - self.started) / fresh * left + self.report_seconds
+        return (self.clock() - self.training_started) / fresh * left + self.report_seconds
 
     def line(self, detail: str = "") -> str:
         index = self.stages.index(self.stage) + 1 if self.stage in self.stages else 0
@@ -424,6 +428,9 @@ class Progress:
 
     def enter(self, stage: str, detail: str = "") -> str:
         self.stage = stage
+        if stage in self.training_stages and self.training_started is None:
+            self.training_started = self.clock()
+            self.done_at_training_start = self.done()
         text = self.line(detail)
         self.write(text)
         return text

@@ -637,11 +637,16 @@ def compare_fits(
     unknown = [g for g in judged if g not in all_groups]
     if unknown:
         raise ERInputError(f"unknown group(s) {', '.join(unknown)}; groups present: {', '.join(all_groups)}")
-    window_range = _check_fit_range(fit_range) if fit_range is not None else comparable_fit_range(full.table, judged, margin)
+    if fit_range is not None:
+        window_range = _check_fit_range(fit_range)
+    elif judged:
+        window_range = comparable_fit_range(full.table, judged, margin)
+    else:  # only baselines: nothing to compare against, keep the full range
+        window_range = (full.fit.reference_min, full.fit.reference_max)
     base_ref = full.table.filter(pl.col("group") == baseline_group)["reference_accuracy"]
     n_window = int(((base_ref >= window_range[0]) & (base_ref <= window_range[1])).sum())
     window = None
-    if n_window >= 3:
+    if n_window >= 3 and (judged or fit_range is not None):
         try:
             window = effective_robustness(table, fit_range=window_range, **kwargs)
         except ERInputError:  # e.g. all comparable baselines share one reference accuracy
@@ -671,7 +676,7 @@ def _comparison_message(full, window, window_range, judged, n_window, weak, min_
             elif w["er_lower_total"] > f["er_upper_total"] or f["er_lower_total"] > w["er_upper_total"]:
                 text += " - same verdict, but the sizes differ (the intervals do not overlap)"
         parts.append(text + ".")
-    if window is None:
+    if window is None and judged:
         parts.append(
             f"Only {n_window} baseline model{'s' if n_window != 1 else ''} have reference accuracy in [{lo:.3f}, {hi:.3f}]: "
             f"too few for a comparable-baseline fit, so only the full-range line is shown."

@@ -119,6 +119,8 @@ def kept_examples(labels: np.ndarray, rates: np.ndarray | None) -> np.ndarray:
 def _select(beton: BetonFile, dist: DistributionSpec, indices: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     labels = beton.labels()
     kept = kept_examples(labels, dist.rates_array(beton.num_classes))
+    if dist.classes is not None:
+        kept = kept[np.isin(labels[kept], np.asarray(dist.classes, dtype=np.int64))]
     if indices is not None:
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= beton.num_records):

@@ -115,8 +115,8 @@ def er_by_group(
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ):
-    """Each model's ER (points) and each group's mean with its interval (error bars); the
-    comparable-baseline view beside it when ``window`` is given."""
+    """Each model's ER (points) and each group's mean with its interval (error bars: spread over models and
+    the line's band combined, as the verdicts use); the comparable-baseline view beside it when ``window`` is given."""
     import seaborn as sns
 
     views = [("full range", result)] + ([("comparable baselines", window)] if window is not None else [])
@@ -135,7 +135,8 @@ def er_by_group(
             row = summary[g]
             x = i + (j - (len(views) - 1) / 2) * width
             mean = row["effective_robustness"]
-            ax.errorbar([x], [mean], yerr=[[mean - row["er_lower"]], [row["er_upper"] - mean]], fmt="D" if j else "o",
+            lo, hi = row.get("er_lower_total", row["er_lower"]), row.get("er_upper_total", row["er_upper"])
+            ax.errorbar([x], [mean], yerr=[[mean - lo], [hi - mean]], fmt="D" if j else "o",
                         color=palette[g] if j == 0 else "tab:red", ms=7, capsize=5, lw=2, zorder=3,
                         label=view if i == 0 else None)
     ax.axhline(0, color="black", lw=1)
@@ -144,7 +145,7 @@ def er_by_group(
     from matplotlib.ticker import PercentFormatter
 
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
-    ax.set_title(title or "Effective robustness by group\n(mean and 95% interval; points: models)", fontsize=10)
+    ax.set_title(title or "Effective robustness by group\n(mean, 95% interval incl. line band; points: models)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     if path is not None:

@@ -41,7 +41,7 @@ class PretrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field("cnn:small", description="architecture to pre-train (a registered model name)")
-    steps: int = Field(1200, ge=1, description="optimisation steps (one fresh batch each)")
+    steps: int = Field(800, ge=1, description="optimisation steps (one fresh batch each)")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)

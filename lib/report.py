@@ -218,13 +218,16 @@ def shift_section(
         f"![accuracy on the line]({rel(aotl)})",
         f"![effective robustness by group]({rel(erp)})",
         "",
-        f"<details><summary>Models with the highest ER ({title})</summary>",
-        "",
-        model_table_markdown(comparison.full, max_rows=max_models),
-        "",
-        "</details>",
-        "",
     ]
+    if comparison.judged_groups:
+        lines += [
+            f"<details><summary>Models with the highest ER ({title})</summary>",
+            "",
+            model_table_markdown(comparison.full, max_rows=max_models),
+            "",
+            "</details>",
+            "",
+        ]
     return ShiftSection(shift, sub_split, comparison, "\n".join(lines), [aotl, erp])
 
 
@@ -268,7 +271,14 @@ def ensure_metrics(exp: ExperimentStore, refresh: bool = False) -> pl.DataFrame:
 
     path = exp.table_path("metrics")
     if not refresh and path.exists() and path.stat().st_mtime >= _newest_input(exp):
-        return pl.read_parquet(path)
+        metrics = pl.read_parquet(path)
+        if "sub_split" not in metrics.columns:  # written by other code: it covers whole splits
+            metrics = metrics.with_columns(sub_split=pl.lit("all"))
+        has_parts = any((exp.root / "subsplits").glob("*.parquet"))
+        if {"model", "group", "split"} <= set(metrics.columns) and (
+            not has_parts or set(metrics["sub_split"].to_list()) & {"in_support", "out_of_support"}
+        ):
+            return metrics
     parts = [metrics_table(exp, sub_split=s) for s in (None, "in_support", "out_of_support")]
     metrics = pl.concat(parts, how="vertical_relaxed")
     exp.write_table("metrics", metrics, config={"source": "stored predictions", "sub_splits": ["all", "in_support", "out_of_support"]})

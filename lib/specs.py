@@ -37,6 +37,9 @@ class DistributionSpec(BaseModel):
     class_rates: dict[int, float] | None = Field(
         None, description="relative sampling rate per class in (0, 1]; classes not listed keep rate 1"
     )
+    classes: list[int] | None = Field(
+        None, description="keep only examples of these classes (e.g. ImageNet restricted to ImageNet-R's 200 classes)"
+    )
     dataset_options: dict[str, Any] = Field(default_factory=dict, description="options of the dataset builder (e.g. digits size)")
     write_mode: Literal["raw", "jpg", "smart"] | None = Field(None, description=".beton image storage; None = the dataset's default")
     max_resolution: int | None = Field(None, ge=1, description="longest image side stored in the .beton; None = the dataset's default")

@@ -44,7 +44,8 @@ class DomainClassifierConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field(CPU_CLASSIFIER_MODEL, description="model family name for lib.models.build_model")
-    pretrained: str | None = Field(None, description="pre-trained weights (path or tag) for the model family")
+    pretrained: str | None = Field(None, description="pre-trained weights for the model family: a local file, or "
+                                   "'hub' (a clip: name with a tag, e.g. the GPU default, loads that tag)")
     linear_probe_epochs: int = Field(0, ge=0, description="epochs training only the head first (LP before FT)")
     linear_probe_lr: float = Field(1e-3, gt=0)
     lrs: tuple[float, ...] = Field(CPU_LR_GRID, min_length=1, description="grid searched by held-out AUROC")
@@ -69,7 +70,7 @@ def default_classifier(device: str = "cpu") -> DomainClassifierConfig:
     """The paper's CLIP ViT-L/14 LP-FT classifier on a GPU, a small CNN on CPU."""
     if str(device).startswith("cuda"):
         return DomainClassifierConfig(
-            model=GPU_CLASSIFIER_MODEL, pretrained="laion2b_s32b_b82k", linear_probe_epochs=4,
+            model=GPU_CLASSIFIER_MODEL, linear_probe_epochs=4,
             linear_probe_lr=1e-3, lrs=PAPER_LR_GRID, epochs=8, warmup_epochs=1, batch_size=64, weight_decay=0.1,
         )
     return DomainClassifierConfig()

@@ -79,18 +79,25 @@ def group_of(model: str, pattern: str | None = None) -> str:
 
 
 def read_top1(path: Path) -> pl.DataFrame:
-    """model, accuracy (fraction) from one timm results CSV."""
+    """model, img_size, accuracy (fraction) from one timm results CSV (a model may appear at several sizes)."""
     if not path.exists():
         raise ZooInputError(f"{path} not found: --results must point at a copy of timm's results/ folder")
     try:
-        df = pl.read_csv(path, columns=["model", "top1"], schema_overrides={"top1": pl.Float64})
+        df = pl.read_csv(path, columns=["model", "img_size", "top1"],
+                         schema_overrides={"top1": pl.Float64, "img_size": pl.Int64})
     except Exception as exc:  # polars raises several types for malformed CSVs
-        raise ZooInputError(f"cannot read {path} as a timm results CSV (needs columns model, top1): {exc}".splitlines()[0]) from None
-    return df.select("model", (pl.col("top1") / 100).alias("accuracy")).unique("model", keep="first")
+        reason = " ".join(str(exc).split())[:200]
+        raise ZooInputError(f"cannot read {path} as a timm results CSV (needs columns model, img_size, top1): {reason}") from None
+    return df.select("model", "img_size", (pl.col("top1") / 100).alias("accuracy")).unique(["model", "img_size"], keep="first")
 
 
 def zoo_table(results_dir: str | Path, shift: str, pretrained_pattern: str | None = None) -> pl.DataFrame:
-    """One row per model present in both files: model, group, reference/shifted accuracy and n."""
+    """One row per model present in both files: model, group, reference/shifted accuracy and n, img_size.
+
+    timm evaluates some weights at several image sizes; reference and shifted accuracy are paired at the
+    same size, and each model keeps the size with its best reference accuracy (one point per model, so the
+    same weights are not counted twice in the baseline fit).
+    """
     spec = get_zoo_shift(shift)
     root = Path(results_dir)
     if not root.is_dir():
@@ -98,7 +105,11 @@ def zoo_table(results_dir: str | Path, shift: str, pretrained_pattern: str | Non
     ref = read_top1(root / spec.reference_file).rename({"accuracy": "reference_accuracy"})
     shifted = read_top1(root / spec.shifted_file).rename({"accuracy": "shifted_accuracy"})
     pattern = compile_pattern(pretrained_pattern)
-    table = ref.join(shifted, on="model", how="inner").sort("model")
+    table = (
+        ref.join(shifted, on=["model", "img_size"], how="inner")
+        .sort(["model", "reference_accuracy", "img_size"], descending=[False, True, False])
+        .unique("model", keep="first", maintain_order=True)
+    )
     groups = ["pretrained" if pattern.search(m) else "baseline" for m in table["model"].to_list()]
     return table.select(
         "model",
@@ -107,6 +118,7 @@ def zoo_table(results_dir: str | Path, shift: str, pretrained_pattern: str | Non
         "shifted_accuracy",
         pl.lit(spec.reference_n, dtype=pl.Int64).alias("reference_n"),
         pl.lit(spec.shifted_n, dtype=pl.Int64).alias("shifted_n"),
+        "img_size",
     )
 
 

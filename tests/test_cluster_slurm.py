@@ -123,7 +123,8 @@ def preempted_baseline(slurm_cluster, prefect_api, tmp_path_factory, monkeypatch
     # Exported to the worker jobs (sbatch passes the submitter's environment): the probe records, inside each
     # worker, the SLURM job that ran each task.
     monkeypatch_module.setenv("ASKSHIFT_PROBE_DIR", str(probe_dir))
-    monkeypatch_module.setenv("DASK_DISTRIBUTED__WORKER__PRELOAD", json.dumps([str(PROBE)]))
+    profile = base / "slurm-local-probe.yaml"
+    profile.write_text(LOCAL_PROFILE.read_text() + f"\npreload: [{str(PROBE)!r}]\n")
     config = BaselineConfig(dataset="digits", shift="tint_p=0.5", store=str(store), epochs=EPOCHS,
                             train_fractions=(0.25,), keep_epochs=(2, EPOCHS), batch_size=64, device="cpu",
                             report=False)
@@ -134,7 +135,7 @@ def preempted_baseline(slurm_cluster, prefect_api, tmp_path_factory, monkeypatch
     killer.start()
     started = time.time()
     try:
-        runner = make_task_runner("slurm", str(LOCAL_PROFILE))
+        runner = make_task_runner("slurm", str(profile))
         state = synthetic_shift_baseline.with_options(task_runner=runner)(config, return_state=True)
     finally:
         stop.set()

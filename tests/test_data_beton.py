@@ -146,3 +146,12 @@ def test_cli_lists_datasets_and_shifts(capsys):
     assert main(["shifts"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in ("out_of_support", "tint_p=0.9", "label_p=0.1", "tint", "vflip", "blur"))
+
+
+def test_classes_filter_restricts_a_split_to_chosen_classes(arrays, cache):
+    path, data = arrays
+    spec = _spec(path, {"classes": [1, 3]})
+    info = split_info(spec, "source_val", cache)
+    expected = np.flatnonzero(np.isin(data["val_labels"], [1, 3]))
+    assert info.indices.tolist() == expected.tolist() and info.num_examples == len(expected)
+    assert len(info.groups) == N_VAL  # groups stay indexed by example index

@@ -10,9 +10,10 @@ import pytest
 
 from lib.zoo import group_of, zoo_table
 
-RESULTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "timm-results"
-if not RESULTS.is_dir():
-    RESULTS = Path("/work/shared/data/timm-results")
+REPO = Path(__file__).resolve().parents[1]
+# A copy vendored in the repository (what `askshift zoo` uses without --results) or the shared data folder beside it.
+RESULTS = next((p for p in (REPO / "data" / "timm-results", REPO.parent / "shared" / "data" / "timm-results")
+                if p.is_dir()), REPO / "data" / "timm-results")
 needs_results = pytest.mark.skipif(not RESULTS.is_dir(), reason="timm results CSVs not available")
 
 
@@ -48,19 +49,32 @@ def test_pretrained_pattern_overrides_the_default_rule():
 def test_r_and_a_use_the_200_class_clean_imagenet_file_as_reference():
     for shift, clean in (("r", "results-imagenet-r-clean.csv"), ("a", "results-imagenet-a-clean.csv")):
         table = zoo_table(RESULTS, shift)
-        reference = pl.read_csv(RESULTS / clean, columns=["model", "top1"])
-        joined = table.join(reference, on="model")
+        reference = pl.read_csv(RESULTS / clean, columns=["model", "img_size", "top1"])
+        joined = table.join(reference, on=["model", "img_size"])
         assert joined.height == table.height > 1000
         assert (joined["reference_accuracy"] - joined["top1"] / 100).abs().max() < 1e-12
     v2 = zoo_table(RESULTS, "v2")
-    full_val = pl.read_csv(RESULTS / "results-imagenet.csv", columns=["model", "top1"])
-    assert (v2.join(full_val, on="model").select((pl.col("reference_accuracy") - pl.col("top1") / 100).abs().max())
-            .item() < 1e-12)
+    full_val = pl.read_csv(RESULTS / "results-imagenet.csv", columns=["model", "img_size", "top1"])
+    assert (v2.join(full_val, on=["model", "img_size"])
+            .select((pl.col("reference_accuracy") - pl.col("top1") / 100).abs().max()).item() < 1e-12)
+
+
+@needs_results
+def test_models_evaluated_at_several_sizes_pair_accuracies_at_the_same_size(tmp_path):
+    # convnext_base.fb_in1k: 84.466 (288 px) / 83.838 (224 px) on ImageNet, 37.313 / 38.236 on Sketch.
+    (tmp_path / "results-imagenet.csv").write_text(
+        "model,img_size,top1\nconvnext_base.fb_in1k,288,84.466\nconvnext_base.fb_in1k,224,83.838\n")
+    (tmp_path / "results-sketch.csv").write_text(
+        "model,img_size,top1\nconvnext_base.fb_in1k,224,38.236\nconvnext_base.fb_in1k,288,37.313\n")
+    row = zoo_table(tmp_path, "sketch").row(0, named=True)
+    assert (row["img_size"], row["reference_accuracy"], row["shifted_accuracy"]) == (288, 0.84466, 0.37313)
+    real = zoo_table(RESULTS, "sketch")
+    assert real["model"].is_unique().all()
 
 
 @needs_results
 def test_default_rule_agrees_with_the_papers_own_grouping_of_its_zoo():
-    paper = Path(__file__).resolve().parents[1] / "lib" / "paper_zoo.csv"
+    paper = REPO / "lib" / "paper_zoo.csv"
     if not paper.exists():
         pytest.skip("lib/paper_zoo.csv not present")
     with open(paper, newline="") as fh:

@@ -16,14 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="effective robustness of each model from a table of reference/shifted accuracies",
         description=(
             "Fit 'accuracy on the line' (shifted vs reference accuracy, probit or logit scale, OLS) on the "
-            "baseline group and print each model's effective robustness with a 95%% interval. TABLE is CSV or "
+            "baseline group and print each model's effective robustness with a 95% interval. TABLE is CSV or "
             "Parquet with columns model, group, reference_accuracy, shifted_accuracy (fractions in [0, 1]) and "
             "optionally reference_n, shifted_n (numbers of examples)."
         ),
         epilog=(
             "Output columns: model, group, reference_accuracy, shifted_accuracy, predicted_shifted_accuracy, "
-            "effective_robustness, er_lower, er_upper. --format json adds a summary per group (mean ER, "
-            "mean +- 1.96 SE) and the fit diagnostics (r, residual sd, n, reference-accuracy range)."
+            "effective_robustness, er_lower, er_upper. --format json adds a summary per group (n_models, mean ER, "
+            "er_lower/er_upper = mean +- 1.96 SE over its models, er_lower_total/er_upper_total adding the line's "
+            "band) and the fit diagnostics (r, residual sd, n, reference-accuracy range)."
         ),
     )
     parser.add_argument("table", metavar="TABLE", help="CSV or Parquet file (.parquet/.pq read as Parquet)")

@@ -23,12 +23,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.store is not None:
-        return check(args.seed, args.store)
-    with tempfile.TemporaryDirectory(prefix="askshift-split-check-") as store:
-        return check(args.seed, store)
+        auroc = check(args.seed, args.store)
+    else:
+        with tempfile.TemporaryDirectory(prefix="askshift-split-check-") as store:
+            auroc = check(args.seed, store)
+    stop_temporary_prefect_server()
+    print(f"auroc: {auroc:.3f}", flush=True)
+    return 0
 
 
-def check(seed: int, store: str) -> int:
+def check(seed: int, store: str) -> float:
+    """Build the mixture, run the split flow, print the recovery table; returns the AUROC of the ratio
+    against the true out-of-support membership."""
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -75,18 +81,21 @@ def check(seed: int, store: str) -> int:
               f"{recall:>8} {row['accuracy']:>9.3f}")
     print(f"\ntrue membership: {int((~truth).sum())} in-support, {int(truth.sum())} out-of-support")
     print(f"report section: {result['section']}")
-    stop_temporary_prefect_server()
     say("done")
-    print(f"auroc: {recovery.auroc:.3f}", flush=True)
-    return 0
+    return recovery.auroc
 
 
 def stop_temporary_prefect_server() -> None:
     """Stop Prefect's temporary server now rather than at exit, so its goodbye log line cannot follow
     the final ``auroc:`` line (the contract says the output ends with it)."""
     try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
         from prefect.server.api.server import SubprocessASGIServer
 
+        # Send the queued logs and events first, or they would meet a stopped server.
+        APILogWorker.drain_all()
+        EventsWorker.drain_all()
         for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
             server.stop()
     except Exception:  # noqa: BLE001 -- the server still stops at exit

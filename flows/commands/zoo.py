@@ -58,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
         if not DEFAULT_RESULTS.is_dir():
             raise CliError("give --results DIR: a copy of timm's results/ folder (e.g. ../shared/data/timm-results)")
         results = str(DEFAULT_RESULTS)
-    from lib.er import ERInputError, parse_fit_range
-    from lib.report import pct
+    from lib.er import ERInputError, describe_interval, parse_fit_range
     from lib.zoo import ZooInputError, zoo_report
 
     try:
@@ -80,13 +79,13 @@ def run(args: argparse.Namespace) -> int:
         if row is None:
             continue
         window = "" if view == "all baselines" else \
-            f" ({result.fit.n} baselines with reference accuracy {result.fit.fit_range[0]:.3f}-{result.fit.fit_range[1]:.3f})"
-        print(f"  pretrained: mean ER {pct(row['effective_robustness'])} "
-              f"[{pct(row['er_lower'])}, {pct(row['er_upper'])}] against {view}{window}")
+            f" baselines ({result.fit.n} with reference accuracy {result.fit.fit_range[0]:.3f}-{result.fit.fit_range[1]:.3f})"
+        print(f"  pretrained: mean ER {describe_interval(row)} against {view}{window}")
     print(f"  reading:    {report.reading}")
     if comparison.disagree or comparison.weak_fit:
         print(f"  caution:    {comparison.message}")
     print(f"report:  {report.report_path}")
     print(f"tables:  {report.er_path}  {report.er_csv_path}  {report.summary_path}")
     print(f"plots:   {'  '.join(str(p) for p in report.plots)}")
+    print("(group intervals: 95%, spread over models and the fitted line's band combined)")
     return 0

@@ -1,0 +1,142 @@
+"""`askshift demo` (the README's first command, `make demo`): the quick variant end to end, and its pieces."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from lib.demo import DEFAULT_SHIFTS, DemoConfig, Progress, er_table, format_duration, shift_reading, summary_lines
+
+QUICK_SHIFTS = {"unseen_tint": "out", "vflip": "out", "tint_p=0.5": "in", "label_p=0.2": "in",
+                "mixed/in_support": "in", "mixed/out_of_support": "out"}
+GROUPS = {"baseline", "ft", "lp-ft", "scratch-same-arch"}
+
+
+def read_artifacts(keys: list[str]) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    return {a.key: a for a in found}
+
+
+def test_makefile_demo_target_runs_the_demo_command_with_seed_and_store():
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert ".venv/bin/askshift demo --seed $(SEED) --store $(STORE)" in makefile
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    first_command = next(line for line in readme.splitlines() if line.startswith("make "))
+    assert first_command.split()[:2] == ["make", "demo"]
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end_writes_report_tables_artifacts_and_ends_with_the_report_path(prefect_api, askshift, tmp_path):
+    store = tmp_path / "store"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    proc = subprocess.run([askshift, "demo", "--quick", "--store", str(store), "--seed", "3"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+
+    # The last line printed is the report's path; the report embeds plots that exist.
+    report = Path(lines[-1])
+    assert report == (store / "demo" / "report.md").resolve()
+    text = report.read_text()
+    for link in [part.split(")")[0] for part in text.split("](")[1:] if part.split(")")[0].endswith(".png")]:
+        assert (report.parent / link).exists(), link
+    assert "comparable baselines" in text and "r = " in text and "Reading:" in text
+    assert "in-support and out-of-support parts" in text
+
+    # Progress was visible throughout (stage, models done, ETA), and a five-line summary precedes the path.
+    assert any("stage 3/5" in line and "models trained" in line and "ETA" in line for line in lines)
+    summary_at = next(i for i, line in enumerate(lines) if line.startswith("Summary:"))
+    summary = lines[summary_at + 1: summary_at + 6]
+    assert summary[0].startswith("shift") and [s.split()[0] for s in summary[1:]] == list(QUICK_SHIFTS)[:4]
+
+    # The ER table: every shift x group once, support in/out, intervals around the estimate.
+    table = pl.read_parquet(store / "demo" / "tables" / "demo_er.parquet")
+    assert {"shift", "support", "group", "effective_robustness", "er_lower", "er_upper"} <= set(table.columns)
+    assert {(s, g) for s, g in table.select("shift", "group").iter_rows()} == {(s, g) for s in QUICK_SHIFTS for g in GROUPS}
+    assert table.height == len(QUICK_SHIFTS) * len(GROUPS)
+    assert dict(table.select("shift", "support").unique().iter_rows()) == QUICK_SHIFTS
+    assert (table["er_lower"] <= table["effective_robustness"]).all()
+    assert (table["effective_robustness"] <= table["er_upper"]).all()
+    assert table.filter(pl.col("group") == "ft")["n_models"].to_list() == [2] * len(QUICK_SHIFTS)  # quick: 2 copies
+    assert (store / "demo" / "tables" / "demo_models.parquet").exists()
+
+    artifacts = read_artifacts(["demo-report", "demo-er"])
+    assert artifacts["demo-report"].type == "markdown" and "data:image/png;base64," in artifacts["demo-report"].data
+    rows = json.loads(artifacts["demo-er"].data)
+    assert {(r["shift"], r["group"]) for r in rows} == {(s, g) for s in QUICK_SHIFTS for g in GROUPS}
+
+
+# --- pieces (fast) ------------------------------------------------------------------------------------------------
+
+
+def test_quick_variant_drops_the_extra_shift_and_full_variant_keeps_it():
+    quick, full = DemoConfig.make(quick=True), DemoConfig.make()
+    assert [s.name for s in quick.active_shifts()] == list(QUICK_SHIFTS)[:4]
+    assert [s.name for s in full.active_shifts()] == [s.name for s in DEFAULT_SHIFTS]
+    assert full.copies == 3 and set(full.strategies) == {"ft", "lp-ft"} and full.control
+    assert quick.planned_runs() < full.planned_runs()
+
+
+def test_experiment_folders_are_named_by_variant_and_seed_so_runs_never_mix():
+    a, b = DemoConfig.make(seed=1), DemoConfig.make(seed=2)
+    assert a.experiment_name("out_of_support") == "demo-full-s1-out_of_support"
+    assert a.experiment_name("out_of_support") != b.experiment_name("out_of_support")
+    assert DemoConfig.make(quick=True, seed=1).experiment_name("tint_p=0.5") == "demo-quick-s1-tint_p=0.5"
+    custom = DemoConfig.make(seed=1, copies=5)
+    assert custom.experiment_name("out_of_support").startswith("demo-full-s1-") and custom.experiment_name(
+        "out_of_support") != a.experiment_name("out_of_support")
+    assert DemoConfig.make(seed=1, store="/elsewhere").experiment_name("x") == a.experiment_name("x")
+
+
+def _row(shift, group, er, lo, hi, cer=None, clo=None, chi=None, verdict=None, cverdict=None, disagree=False):
+    return {"shift": shift, "support": "out", "group": group, "n_models": 3, "effective_robustness": er,
+            "er_lower": lo, "er_upper": hi, "verdict": verdict, "comparable_effective_robustness": cer,
+            "comparable_er_lower": clo, "comparable_er_upper": chi, "comparable_verdict": cverdict,
+            "views_disagree": disagree, "fit_n": 18, "fit_r": 0.95, "fit_residual_sd": 0.1, "fit_reference_min": 0.3,
+            "fit_reference_max": 0.9, "comparable_fit_n": 8, "comparable_fit_r": 0.9, "comparable_fit_range_lo": 0.8,
+            "comparable_fit_range_hi": 0.95, "title": shift, "experiment": "e", "split": "tint_val", "sub_split": "all",
+            "extra": False, "seed": 0, "variant": "full"}
+
+
+def test_reading_says_helped_on_out_of_support_and_names_disagreeing_views():
+    unseen = DEFAULT_SHIFTS[0]
+    rows = [_row("unseen_tint", "ft", 0.3, 0.2, 0.4, 0.25, 0.1, 0.4, "helped", "helped")]
+    assert shift_reading(rows, unseen).startswith("Pre-training helped here")
+    assert "as the paper finds for out-of-support" in shift_reading(rows, unseen)
+    spurious = DEFAULT_SHIFTS[2]
+    rows = [_row("tint_p=0.5", "ft", 0.16, 0.05, 0.3, 0.05, -0.01, 0.11, "helped", "no clear effect", True)]
+    text = shift_reading(rows, spurious)
+    assert text.startswith("Pre-training did not help here") and "views disagree for ft" in text
+
+
+def test_summary_has_a_header_and_one_line_per_main_shift():
+    rows = [_row(s.name, g, 0.1, 0.0, 0.2, 0.05, -0.05, 0.15, "helped", "no clear effect")
+            for s in DEFAULT_SHIFTS for g in ("baseline", "ft", "lp-ft")]
+    lines = summary_lines(er_table(rows), DEFAULT_SHIFTS)
+    assert len(lines) == 5
+    assert [line.split()[0] for line in lines[1:]] == ["unseen_tint", "vflip", "tint_p=0.5", "label_p=0.2"]
+    assert "+0.100 / +0.050" in lines[1] and lines[1].rstrip().endswith("did not help")
+
+
+def test_progress_eta_grows_from_finished_runs_and_counts_done_markers(tmp_path):
+    clock = [0.0]
+    progress = Progress(tmp_path, ["exp"], planned_runs=4, stages=["a", "b"], write=lambda _: None,
+                        clock=lambda: clock[0], report_seconds=0.0, training_stages=["b"])
+    assert progress.eta() is None and "ETA ?" in progress.enter("a")
+    clock[0] = 30.0  # time before the training stage does not count towards the rate
+    progress.enter("b")
+    for k in range(2):
+        (tmp_path / "exp" / "runs" / f"r{k}").mkdir(parents=True)
+        (tmp_path / "exp" / "runs" / f"r{k}" / "done").write_text("{}")
+    clock[0] = 90.0
+    assert progress.done() == 2 and progress.eta() == pytest.approx(60.0)
+    assert "stage 2/2 b: 2/4 models trained, 1m30s elapsed, ETA 1m00s" in progress.line()
+    assert format_duration(3725) == "1h02m"
