@@ -141,7 +141,7 @@ def synthetic_shift_baseline(config: BaselineConfig) -> str:
             predictions.append(predict_split.submit(
                 store, name, model_ids, split, config.dataset, config.shift, cache_dir, root=config.root,
                 device=config.device, batch_size=config.eval_batch_size, num_workers=config.num_workers,
-                wait_for=[trained],
+                amp=config.amp, wait_for=[trained],
             ))
     wait(predictions)
     for future in predictions:

@@ -189,8 +189,9 @@ QUICK_OVERRIDES: dict = dict(
 # --- the ER table of the demo ---------------------------------------------------------------------------
 
 ER_COLUMNS = (
-    "shift", "support", "group", "n_models", "effective_robustness", "er_lower", "er_upper", "verdict",
-    "comparable_effective_robustness", "comparable_er_lower", "comparable_er_upper", "comparable_verdict",
+    "shift", "support", "group", "n_models", "effective_robustness", "er_lower", "er_upper", "er_lower_total",
+    "er_upper_total", "verdict", "comparable_effective_robustness", "comparable_er_lower", "comparable_er_upper",
+    "comparable_er_lower_total", "comparable_er_upper_total", "comparable_verdict",
     "views_disagree", "fit_n", "fit_r", "fit_residual_sd", "fit_reference_min", "fit_reference_max",
     "comparable_fit_n", "comparable_fit_r", "comparable_fit_range_lo", "comparable_fit_range_hi",
     "title", "experiment", "split", "sub_split", "extra", "seed", "variant",
@@ -203,24 +204,28 @@ def _finite(x) -> float | None:
 
 def er_group_rows(comparison, shift: DemoShift | dict, experiment: str, split: str, sub_split: str = "all",
                   seed: int = 0, variant: str = "full") -> list[dict]:
-    """One row per group: the paper's full-range ER (``effective_robustness``, ``er_lower``, ``er_upper``, copies
-    aggregated as mean ± 1.96·SE) beside the comparable-baseline view and the fit diagnostics of both."""
-    from lib.er import verdict
+    """One row per group: the paper's full-range ER (``effective_robustness``, ``er_lower``, ``er_upper``: copies
+    aggregated as mean ± 1.96·SE; ``er_*_total`` also carry the fitted line's band, and the verdicts use them)
+    beside the comparable-baseline view and the fit diagnostics of both."""
+    from lib.er import group_verdict
 
     meta = shift.model_dump() if isinstance(shift, DemoShift) else dict(shift)
     full, window = comparison.full, comparison.window
     rows = []
     for g in full.groups.to_dicts():
         w = window.group(g["group"]) if window is not None else None
-        fv = verdict(g["er_lower"], g["er_upper"])
-        wv = verdict(w["er_lower"], w["er_upper"]) if w else None
+        fv = group_verdict(g)
+        wv = group_verdict(w) if w else None
         rows.append({
             "shift": meta["name"], "support": meta["support"], "group": g["group"], "n_models": int(g["n_models"]),
             "effective_robustness": _finite(g["effective_robustness"]), "er_lower": _finite(g["er_lower"]),
-            "er_upper": _finite(g["er_upper"]), "verdict": fv,
+            "er_upper": _finite(g["er_upper"]), "er_lower_total": _finite(g.get("er_lower_total", g["er_lower"])),
+            "er_upper_total": _finite(g.get("er_upper_total", g["er_upper"])), "verdict": fv,
             "comparable_effective_robustness": _finite(w["effective_robustness"]) if w else None,
             "comparable_er_lower": _finite(w["er_lower"]) if w else None,
             "comparable_er_upper": _finite(w["er_upper"]) if w else None,
+            "comparable_er_lower_total": _finite(w.get("er_lower_total", w["er_lower"])) if w else None,
+            "comparable_er_upper_total": _finite(w.get("er_upper_total", w["er_upper"])) if w else None,
             "comparable_verdict": wv,
             "views_disagree": bool(wv is not None and wv != fv and g["group"] != BASELINE_GROUP),
             "fit_n": full.fit.n, "fit_r": _finite(full.fit.r), "fit_residual_sd": _finite(full.fit.residual_sd),
@@ -236,9 +241,11 @@ def er_group_rows(comparison, shift: DemoShift | dict, experiment: str, split: s
 
 ER_SCHEMA = {
     "shift": pl.String, "support": pl.String, "group": pl.String, "n_models": pl.Int64,
-    "effective_robustness": pl.Float64, "er_lower": pl.Float64, "er_upper": pl.Float64, "verdict": pl.String,
+    "effective_robustness": pl.Float64, "er_lower": pl.Float64, "er_upper": pl.Float64,
+    "er_lower_total": pl.Float64, "er_upper_total": pl.Float64, "verdict": pl.String,
     "comparable_effective_robustness": pl.Float64, "comparable_er_lower": pl.Float64,
-    "comparable_er_upper": pl.Float64, "comparable_verdict": pl.String, "views_disagree": pl.Boolean,
+    "comparable_er_upper": pl.Float64, "comparable_er_lower_total": pl.Float64, "comparable_er_upper_total": pl.Float64,
+    "comparable_verdict": pl.String, "views_disagree": pl.Boolean,
     "fit_n": pl.Int64, "fit_r": pl.Float64, "fit_residual_sd": pl.Float64, "fit_reference_min": pl.Float64,
     "fit_reference_max": pl.Float64, "comparable_fit_n": pl.Int64, "comparable_fit_r": pl.Float64,
     "comparable_fit_range_lo": pl.Float64, "comparable_fit_range_hi": pl.Float64, "title": pl.String,

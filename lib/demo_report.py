@@ -90,9 +90,9 @@ def _summary_markdown(table: pl.DataFrame, shifts: Sequence[DemoShift]) -> str:
                 cells += ["n/a", "n/a"]
                 continue
             r = r.row(0, named=True)
-            cells.append(f"{_pct(r['effective_robustness'])} {_interval(r['er_lower'], r['er_upper'])}")
+            cells.append(f"{_pct(r['effective_robustness'])} {_interval(r['er_lower_total'], r['er_upper_total'])}")
             cells.append(f"{_pct(r['comparable_effective_robustness'])} "
-                         f"{_interval(r['comparable_er_lower'], r['comparable_er_upper'])}")
+                         f"{_interval(r['comparable_er_lower_total'], r['comparable_er_upper_total'])}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -241,6 +241,9 @@ def build_demo_report(config: DemoConfig, seconds: float | None = None) -> dict[
         "Intervals are 95%; copies are aggregated as mean +- 1.96 SE.",
         "",
         "## Summary",
+        "",
+        "ER per group (mean over copies) with the 95% interval that includes the fitted line's band (the verdicts "
+        "use it); the per-shift tables below also give the narrower mean +- 1.96 SE over copies.",
         "",
         _summary_markdown(table, shifts + ([] if not config.split else [])),
         "",

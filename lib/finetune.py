@@ -246,11 +246,10 @@ def plan_run(
         probe = FinetuneRun(**common, pretrained=weights, strategy="lp", stage="probe", train=probe_train, group="lp")
         if s.probe_only:
             return probe.model_copy(update={"strategy": strategy, "group": s.group})
-        train = hparams.finetune_config(lr, seed).model_copy(update=dict(train_overrides or {}))
-        return FinetuneRun(**common, pretrained=None, strategy=strategy, init=probe, train=TrainConfig.model_validate(train.model_dump()),
-                           group=s.group)
+        train = _finetune_train(hparams, lr, seed, None, train_overrides)
+        return FinetuneRun(**common, pretrained=None, strategy=strategy, init=probe, train=train, group=s.group)
     epochs = (hparams.scratch_epochs or hparams.epochs) if not s.pretrained else hparams.epochs
-    train = hparams.finetune_config(lr, seed, epochs=epochs).model_copy(update=dict(train_overrides or {}))
+    train = _finetune_train(hparams, lr, seed, epochs, train_overrides)
     return FinetuneRun(
         **common,
         pretrained=weights if s.pretrained else None,
@@ -258,9 +257,16 @@ def plan_run(
         head=s.head,
         class_names=tuple(class_names) if s.head == "zero_shot" and class_names else None,
         templates="imagenet" if imagenet else "simple",
-        train=TrainConfig.model_validate(train.model_dump()),
+        train=train,
         group=s.group,
     )
+
+
+def _finetune_train(hparams: FinetuneHparams, lr: float, seed: int, epochs: int | None, overrides: dict | None) -> TrainConfig:
+    overrides = dict(overrides or {})
+    # The warm-up is fitted to the (possibly overridden) number of epochs, so an ablation to 1 epoch stays valid.
+    base = hparams.finetune_config(lr, seed, epochs=overrides.pop("epochs", None) or epochs)
+    return TrainConfig.model_validate({**base.model_dump(), **overrides})
 
 
 def build_initial_model(run: FinetuneRun, num_classes: int, exp: ExperimentStore | None = None):

@@ -5,6 +5,7 @@ import dataclasses
 import math
 import random
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
@@ -397,6 +398,9 @@ class RunConfig(BaseModel):
         return f"{self.model_label()}-ep{epoch}-{self.run_id()[:6]}"
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def subset_indices(num_examples: int, fraction: float, seed: int) -> np.ndarray | None:
     """A seeded random subset of ``fraction`` of the examples (sorted), or None for all of them."""
     if fraction >= 1:
@@ -446,8 +450,9 @@ def train_run(
         loader.set_epoch(epoch)
         return loader
 
-    seed_everything(run.train.seed)  # initial weights follow the seed
-    model = build_model(run.architecture, info.num_classes, pretrained=run.pretrained, **run.model_options)
+    with _INIT_LOCK:  # the global RNGs are shared by threads: initial weights must follow this run's seed only
+        seed_everything(run.train.seed)
+        model = build_model(run.architecture, info.num_classes, pretrained=run.pretrained, **run.model_options)
     log(f"training {run.model_label()} (run {run_id}) on {device}: "
         f"{len(indices) if indices is not None else info.num_examples} examples, {run.train.epochs} epochs")
     result = train_model(model, make_loader, run.train, exp.checkpoint_dir(run_id), device=device, log=log)

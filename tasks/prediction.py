@@ -31,6 +31,7 @@ def predict_split(
     device: str = "auto",
     batch_size: int = 512,
     num_workers: int = 1,
+    amp: str = "none",
 ) -> list[str]:
     """Predict the registered ``model_ids`` on ``split`` of the (dataset, shift) spec; returns Parquet paths."""
     from lib.evaluation import predict_to_store
@@ -41,6 +42,6 @@ def predict_split(
     if todo:
         spec = get_spec(shift, dataset=dataset, root=root)
         predict_to_store(exp, todo, split, spec, cache_dir, device=device, batch_size=batch_size,
-                         num_workers=num_workers)
+                         num_workers=num_workers, amp=amp)
         get_run_logger().info(f"predicted {len(todo)} model(s) on {split}")
     return [str(exp.predictions_path(m, split)) for m in model_ids]

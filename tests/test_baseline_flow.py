@@ -118,3 +118,35 @@ def test_cli_run_baseline_prints_store_path_and_writes_metrics_and_er_tables(pre
     assert {"model", "group", "split", "accuracy"} <= set(metrics.columns)
     assert metrics.filter(pl.col("sub_split") == "all").select("model", "split").is_unique().all()
     assert "effective_robustness" in pl.read_parquet(f"{printed}/tables/er.parquet").columns
+
+
+def test_baseline_runs_cover_widths_fractions_and_seeds_with_unique_model_ids(tmp_path):
+    config = tiny_config(tmp_path, None, widths=(0.5, 1.0), train_fractions=(1.0, 0.25), seeds=(0, 1), epochs=3)
+    runs = config.runs()
+    assert len(runs) == 8
+    assert {(r.model_options["width"], r.train_fraction, r.train.seed) for r in runs} == {
+        (w, f, s) for w in (0.5, 1.0) for f in (1.0, 0.25) for s in (0, 1)}
+    ids = [r.model_id(e) for r in runs for e in r.train.kept_epochs()]
+    assert len(ids) == len(set(ids)) == 8 * 3  # every epoch kept by default
+    # Another learning rate is another run: its models never overwrite these predictions.
+    other = tiny_config(tmp_path, None, widths=(0.5, 1.0), train_fractions=(1.0, 0.25), seeds=(0, 1), epochs=3, lr=0.1)
+    assert not set(ids) & {r.model_id(e) for r in other.runs() for e in r.train.kept_epochs()}
+
+
+def test_label_shift_presets_double_baseline_epochs_and_kept_epochs(tmp_path):
+    from lib.specs import get_spec
+
+    factor = get_spec("label_p=0.2").baseline_epochs_factor
+    assert factor == 2
+    (run,) = tiny_config(tmp_path, None, epochs=3, keep_epochs=(2, 3), train_fractions=(1.0,)).runs(factor)
+    assert run.train.epochs == 6 and run.train.kept_epochs() == (4, 6)
+
+
+def test_train_fraction_subsets_are_seeded_and_nested_in_range():
+    from lib.training import subset_indices
+
+    a = subset_indices(1000, 0.25, seed=0)
+    assert len(a) == 250 and (a == subset_indices(1000, 0.25, seed=0)).all()
+    assert (a == sorted(set(a.tolist()))).all() and a.min() >= 0 and a.max() < 1000
+    assert not (a == subset_indices(1000, 0.25, seed=1)).all()
+    assert subset_indices(1000, 1.0, seed=0) is None

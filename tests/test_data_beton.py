@@ -116,7 +116,7 @@ def test_training_loader_subsets_rates_shift_and_replays_an_epoch(arrays, cache)
     assert indices.tolist() == info.indices.tolist()
 
 
-def test_jpg_beton_with_center_crop_decoder_resizes(arrays, cache):
+def test_jpg_beton_with_crop_decoder_resizes_and_evaluates_center_crop(arrays, cache):
     path, data = arrays
     spec = _spec(path, {"write_mode": "jpg"})
     config = LoaderConfig(batch_size=32, num_workers=1, decoder="random_crop", resolution=12, channels_last=True)

@@ -98,8 +98,9 @@ def test_experiment_folders_are_named_by_variant_and_seed_so_runs_never_mix():
 
 def _row(shift, group, er, lo, hi, cer=None, clo=None, chi=None, verdict=None, cverdict=None, disagree=False):
     return {"shift": shift, "support": "out", "group": group, "n_models": 3, "effective_robustness": er,
-            "er_lower": lo, "er_upper": hi, "verdict": verdict, "comparable_effective_robustness": cer,
-            "comparable_er_lower": clo, "comparable_er_upper": chi, "comparable_verdict": cverdict,
+            "er_lower": lo, "er_upper": hi, "er_lower_total": lo, "er_upper_total": hi, "verdict": verdict, "comparable_effective_robustness": cer,
+            "comparable_er_lower": clo, "comparable_er_upper": chi, "comparable_er_lower_total": clo,
+            "comparable_er_upper_total": chi, "comparable_verdict": cverdict,
             "views_disagree": disagree, "fit_n": 18, "fit_r": 0.95, "fit_residual_sd": 0.1, "fit_reference_min": 0.3,
             "fit_reference_max": 0.9, "comparable_fit_n": 8, "comparable_fit_r": 0.9, "comparable_fit_range_lo": 0.8,
             "comparable_fit_range_hi": 0.95, "title": shift, "experiment": "e", "split": "tint_val", "sub_split": "all",
@@ -140,3 +141,24 @@ def test_progress_eta_grows_from_finished_runs_and_counts_done_markers(tmp_path)
     assert progress.done() == 2 and progress.eta() == pytest.approx(60.0)
     assert "stage 2/2 b: 2/4 models trained, 1m30s elapsed, ETA 1m00s" in progress.line()
     assert format_duration(3725) == "1h02m"
+
+
+def test_mixed_shift_is_a_function_of_the_seed_and_keeps_a_reference_validation_split(tmp_path):
+    import numpy as np
+
+    from flows.demo import build_mixed_shift
+    from lib.specs import load_spec
+
+    def arrays(store, seed):
+        files = build_mixed_shift.fn(DemoConfig.make(quick=True, seed=seed, store=str(store)))
+        with np.load(files["npz"]) as data:
+            return {k: data[k] for k in data.files}, load_spec(files["spec"])
+
+    a, spec = arrays(tmp_path / "a", 5)
+    b, _ = arrays(tmp_path / "b", 5)
+    c, _ = arrays(tmp_path / "c", 6)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["mixed_images"], c["mixed_images"])
+    assert spec.splits() == ["source_train", "source_val", "mixed_val"]
+    assert len(a["refval_labels"]) == len(a["mixed_labels"]) and a["shifted_out_of_support"].any()
+    assert a["train_images"].shape[1:] == (32, 32, 3)

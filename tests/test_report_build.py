@@ -151,3 +151,12 @@ def test_store_write_of_a_process_killed_mid_write_keeps_the_previous_file(tmp_p
         if proc.poll() is None:
             proc.kill()
     assert path.read_text() == "previous report\n"
+
+
+def test_metrics_written_without_sub_splits_are_recomputed_once_sub_splits_exist(tmp_path):
+    from lib.metrics import metrics_table
+
+    exp = make_experiment(tmp_path / "exp", n_baselines=3, n_pretrained=1)
+    exp.write_table("metrics", metrics_table(exp).drop("sub_split"))  # as a flow might write it
+    metrics = ensure_metrics(exp)
+    assert {"all", "in_support", "out_of_support"} == set(metrics["sub_split"])

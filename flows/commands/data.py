@@ -38,7 +38,7 @@ def _write(args: argparse.Namespace) -> int:
         options = BetonOptions(write_mode=args.write_mode, max_resolution=args.max_resolution,
                                jpeg_quality=args.jpeg_quality, num_workers=args.num_workers)
         beton = ensure_beton(args.name, args.split, args.out, args.root, options)
-    except (UnknownNameError, DatasetLayoutError, ValueError) as exc:
+    except (UnknownNameError, DatasetLayoutError, ValueError, OSError) as exc:
         if isinstance(exc, ValidationError):
             raise CliError(str(exc.errors()[0]["msg"])) from None
         raise CliError(str(exc)) from None

@@ -64,6 +64,27 @@ def _spec(args: argparse.Namespace):
                           reference=reference, targets={"shifted": shifted})
 
 
+def _check_classifier(name: str) -> None:
+    """Unknown families, sizes and architectures fail here, not inside a task after the server started."""
+    from lib.models import ModelName, build_model
+
+    parsed = ModelName.parse(name)
+    if parsed.family == "cnn":
+        build_model(name, 2)
+    elif parsed.family == "timm":
+        import timm
+
+        arch = parsed.spec.partition(".")[0]
+        if not timm.is_model(arch):
+            raise ValueError(f"unknown timm architecture {arch!r} (`timm.list_models()` lists them)")
+    elif parsed.family == "clip":
+        import open_clip
+
+        arch = parsed.spec.partition(":")[0]
+        if arch not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip architecture {arch!r} (`open_clip.list_models()` lists them)")
+
+
 def build_config(args: argparse.Namespace):
     """SplitConfig from the flags; every user error becomes one CliError line before any training."""
     from pydantic import ValidationError
@@ -80,9 +101,7 @@ def build_config(args: argparse.Namespace):
         classifier = default_classifier(args.device)
         updates: dict[str, Any] = {"seed": args.seed}
         if args.classifier:
-            from lib.models import ModelName
-
-            ModelName.parse(args.classifier)
+            _check_classifier(args.classifier)
             updates.update(model=args.classifier, linear_probe_epochs=classifier.linear_probe_epochs if args.pretrained else 0)
         for field in ("pretrained", "lrs", "epochs", "reference_size"):
             value = getattr(args, field)
