@@ -57,6 +57,11 @@ def _runner_classes():
     return AskshiftDaskTaskRunner
 
 
+def dask_task_runner(**kwargs: Any):
+    """prefect-dask's ``DaskTaskRunner(**kwargs)`` with the ``gpu`` tag honoured (see the module docstring)."""
+    return _runner_classes()(**kwargs)
+
+
 def make_task_runner(backend: str = "local", profile: str | None = None, *, dask_workers: int | None = None):
     """The Prefect task runner for ``backend``; ``profile`` (a cluster profile YAML) is required for ``slurm``.
 
@@ -70,7 +75,7 @@ def make_task_runner(backend: str = "local", profile: str | None = None, *, dask
     if backend == "dask":
         os.environ.update({k: os.environ.get(k, v) for k, v in {**WORKER_ENV, **_DASK_ENV}.items()})
         workers = dask_workers or max(1, min(4, os.cpu_count() or 1))
-        return _runner_classes()(
+        return dask_task_runner(
             cluster_class="distributed.LocalCluster",
             cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                             "host": "127.0.0.1", "dashboard_address": None, "preload": [WORKER_PRELOAD]},
@@ -82,7 +87,7 @@ def make_task_runner(backend: str = "local", profile: str | None = None, *, dask
         from lib.cluster import load_profile
 
         cluster_profile = load_profile(profile)
-        return _runner_classes()(
+        return dask_task_runner(
             cluster_class="dask_jobqueue.SLURMCluster",
             cluster_kwargs=cluster_profile.cluster_kwargs(extra_env={**_DASK_ENV, **_api_env()}),
             adapt_kwargs=cluster_profile.adapt_kwargs(),

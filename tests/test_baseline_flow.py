@@ -142,7 +142,7 @@ def test_label_shift_presets_double_baseline_epochs_and_kept_epochs(tmp_path):
     assert run.train.epochs == 6 and run.train.kept_epochs() == (4, 6)
 
 
-def test_train_fraction_subsets_are_seeded_and_nested_in_range():
+def test_train_fraction_subsets_are_seeded_sorted_and_in_range():
     from lib.training import subset_indices
 
     a = subset_indices(1000, 0.25, seed=0)
