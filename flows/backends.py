@@ -198,7 +198,11 @@ def task_runner_from_args(args: argparse.Namespace) -> Iterator[Any]:
         raise CliError(str(exc)) from exc
     from prefect.settings import PREFECT_API_URL
 
-    if not loopback and not PREFECT_API_URL.value():
-        raise CliError(UNREACHABLE_API)
+    if not loopback:
+        from urllib.parse import urlparse
+
+        host = urlparse(PREFECT_API_URL.value() or "").hostname or ""
+        if not host or host == "localhost" or host.startswith("127."):
+            raise CliError(UNREACHABLE_API)
     with shared_prefect_api(loopback_only=loopback):
         yield make_task_runner(backend, profile)

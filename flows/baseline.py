@@ -34,14 +34,14 @@ class BaselineConfig(BaseModel):
     seeds: tuple[int, ...] = Field((0,), min_length=1, description="one model per seed (and width and fraction)")
     epochs: int = Field(6, ge=1, le=10_000)
     keep_epochs: tuple[int, ...] | None = Field(None, description="epochs kept as baseline models; default: every epoch")
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(1e-2, gt=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["cosine", "triangle", "constant", "step"] = "cosine"
     warmup_epochs: float = Field(0.5, ge=0)
-    weight_decay: float = Field(0.05, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
     amp: Literal["none", "bf16", "fp16"] = "none"
     translate: int = Field(0, ge=0, description="random translation augmentation in pixels")
     flip: bool = Field(False, description="random horizontal flips (off: digits are not mirror-symmetric)")

@@ -275,8 +275,10 @@ def format_er_table(summary: list[dict], view: str = "full") -> str:
         return "no ER rows (no shifted split with baseline and fine-tuned predictions)"
     lines = [f"{'shift':<16} {'group':<28} {'n':>2}  {'ER':>7}  {'95% interval':<19} verdict"]
     for r in sorted(rows, key=lambda r: (r["shift"], r["group"])):
+        # The interval the verdict is based on: copies' spread and the line's uncertainty when the report has it.
+        lo, hi = r.get("er_lower_total", r["er_lower"]), r.get("er_upper_total", r["er_upper"])
         lines.append(f"{r['shift']:<16} {r['group']:<28} {r['n_models']:>2}  {r['effective_robustness']:>+7.3f}  "
-                     f"[{r['er_lower']:+.3f}, {r['er_upper']:+.3f}]  {r['verdict']}")
+                     f"[{lo:+.3f}, {hi:+.3f}]  {r['verdict']}")
     return "\n".join(lines)
 
 
@@ -372,10 +374,14 @@ def ablation_table(summary: list[dict], group: str, selected: dict[str, float], 
             rows.append({"shift": r["shift"], "hparam": hparam, "value": float(value), "selected": is_selected,
                          "group": r["group"], "n_models": r["n_models"], "reference_accuracy": r.get("reference_accuracy"),
                          "shifted_accuracy": r.get("shifted_accuracy"), "effective_robustness": r["effective_robustness"],
-                         "er_lower": r["er_lower"], "er_upper": r["er_upper"]})
+                         "er_lower": r["er_lower"], "er_upper": r["er_upper"],
+                         # with the line's uncertainty (what the report's verdicts use), when the report has it
+                         "er_lower_total": r.get("er_lower_total", r["er_lower"]),
+                         "er_upper_total": r.get("er_upper_total", r["er_upper"])})
     schema = {"shift": pl.String, "hparam": pl.String, "value": pl.Float64, "selected": pl.Boolean, "group": pl.String,
               "n_models": pl.Int64, "reference_accuracy": pl.Float64, "shifted_accuracy": pl.Float64,
-              "effective_robustness": pl.Float64, "er_lower": pl.Float64, "er_upper": pl.Float64}
+              "effective_robustness": pl.Float64, "er_lower": pl.Float64, "er_upper": pl.Float64,
+              "er_lower_total": pl.Float64, "er_upper_total": pl.Float64}
     return pl.DataFrame(rows, schema=schema).sort("shift", "hparam", "value")
 
 
@@ -384,7 +390,7 @@ def format_ablation(table) -> str:
     for r in table.iter_rows(named=True):
         mark = " (selected)" if r["selected"] else ""
         lines.append(f"{r['shift']:<16} {r['hparam']:<13} {r['value']:>9g}  {r['effective_robustness']:>+7.3f}  "
-                     f"[{r['er_lower']:+.3f}, {r['er_upper']:+.3f}]{mark}")
+                     f"[{r['er_lower_total']:+.3f}, {r['er_upper_total']:+.3f}]{mark}")
     return "\n".join(lines)
 
 

@@ -53,6 +53,18 @@ def server_env(host: str, port: int) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM the server when its parent dies, so a killed ``askshift serve`` never
+    leaves an orphaned server holding the port (no-op where prctl is unavailable)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class PrefectServer:
     """A running ``prefect server start`` process."""
@@ -125,7 +137,8 @@ def start_server(host: str = LOOPBACK, port: int | None = None, log_path: str | 
     exe = Path(sys.executable).with_name("prefect")
     cmd = [str(exe) if exe.exists() else "prefect", "server", "start", "--host", host, "--port", str(port)]
     process = subprocess.Popen(cmd, env=server_env(host, port), stdout=log or subprocess.DEVNULL,
-                               stderr=subprocess.STDOUT if log else subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                               stderr=subprocess.STDOUT if log else subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                               preexec_fn=_die_with_parent)
     server = PrefectServer(host, port, process, Path(log_path) if log_path else None, log)
     try:
         server.wait_healthy(timeout)

@@ -199,6 +199,8 @@ class ZooConfig(BaseModel):
     weights_dir: str | None = Field(None, description="folder of <arch.tag>.safetensors|.pth weight files "
                                                       "(default: the hub, which needs network access)")
     num_classes: int | None = Field(None, ge=1, description="head size when the weight files are not ImageNet-1k")
+    input_size: int | None = Field(None, ge=8, description="resize images to this instead of each model's own size "
+                                                             "(cheap CPU checks; None keeps the published size)")
     batch_size: int = Field(256, ge=1)
     run_split: bool = Field(True, description="split the shifts (or reuse stored splits) and report ER per part")
 
@@ -232,7 +234,8 @@ def zoo_evaluate(config: ZooConfig) -> dict[str, Any]:
     store = str(Store(split_config.store).root)
     futures = [predict_zoo_model.submit(store, exp.name, model, split, split_config.spec,
                                         split_config.resolved_cache_dir(), config.weights_dir, config.num_classes,
-                                        split_config.device, config.batch_size, split_config.num_workers)
+                                        split_config.device, config.batch_size, split_config.num_workers,
+                                        config.input_size)
                for model in groups for split in splits]
     wait(futures)
     failed = [f for f in futures if f.state.is_failed()]

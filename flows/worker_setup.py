@@ -1,9 +1,17 @@
 """Dask worker preload (``--preload flows.worker_setup``): make worker processes behave like the flow process."""
 from __future__ import annotations
 
+import importlib
+import logging
 import multiprocessing
 
 from lib.env import apply_safe_defaults
+
+logger = logging.getLogger("askshift.worker_setup")
+
+# Imported before the worker registers with the scheduler (preloads run first): a worker still importing torch
+# (tens of seconds on a busy node) is then never handed a task that a warm worker could run at once.
+WARM_IMPORTS = ("torch", "prefect.task_engine", "lib.training", "lib.loaders", "lib.evaluation")
 
 
 def dask_setup(worker) -> None:
@@ -14,3 +22,8 @@ def dask_setup(worker) -> None:
     # writer processes, then fails with "Can't pickle local object". Restore the platform default.
     if multiprocessing.get_start_method(allow_none=True) != "fork":
         multiprocessing.set_start_method("fork", force=True)
+    for module in WARM_IMPORTS:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # a missing optional module must not keep the worker from starting
+            logger.warning("askshift worker could not pre-import %s: %s", module, exc)

@@ -77,6 +77,8 @@ class ClusterProfile(BaseModel):
     worker_lifetime_stagger: str | None = Field(None, description="--lifetime-stagger, so workers do not all leave at once")
     adapt_minimum: int = Field(0, ge=0, description="adaptive scaling: fewest jobs kept")
     adapt_maximum: int = Field(2, ge=1, description="adaptive scaling: most jobs at once")
+    adapt_idle: str = Field("60s", description="how long a worker job may sit idle before adaptive scaling cancels "
+                            "it: a new job pays SLURM's queue wait and the worker's start-up again")
     local_directory: str | None = Field(None, description="node-local scratch for Dask spill files (e.g. '$TMPDIR')")
     log_directory: str | None = Field(None, description="folder for the jobs' stdout/stderr files")
     interface: str | None = Field(None, description="network interface workers and scheduler use (e.g. 'ib0'; 'lo' "
@@ -105,7 +107,7 @@ class ClusterProfile(BaseModel):
             raise ValueError(f"memory {value!r} is not a size such as '4GB' or '512MiB'") from exc
         return value
 
-    @field_validator("worker_lifetime", "worker_lifetime_stagger")
+    @field_validator("worker_lifetime", "worker_lifetime_stagger", "adapt_idle")
     @classmethod
     def _duration_parses(cls, value: str | None) -> str | None:
         if value is not None:
@@ -201,7 +203,12 @@ class ClusterProfile(BaseModel):
 
     def adapt_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``SLURMCluster.adapt`` (counted in jobs, not worker processes)."""
-        return {"minimum_jobs": self.adapt_minimum, "maximum_jobs": self.adapt_maximum}
+        # Dask retires a worker after `wait_count` consecutive decisions (one per `interval`) that it is not needed;
+        # the default (3 x 1 s) cancels jobs between two phases of a flow and the next phase waits for new ones.
+        interval = 2.0
+        wait_count = max(1, round(duration_seconds(self.adapt_idle) / interval))
+        return {"minimum_jobs": self.adapt_minimum, "maximum_jobs": self.adapt_maximum,
+                "interval": f"{interval:g}s", "wait_count": wait_count}
 
 
 def load_profile(path: str | Path) -> ClusterProfile:

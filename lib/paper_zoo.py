@@ -49,7 +49,8 @@ def weights_file(name: str, weights_dir: str | Path | None) -> Path | None:
     return None
 
 
-def load_zoo_model(name: str, weights_dir: str | Path | None = None, num_classes: int | None = None):
+def load_zoo_model(name: str, weights_dir: str | Path | None = None, num_classes: int | None = None,
+                   input_size: int | None = None):
     """A timm ``arch.tag`` classifier with its published head, as a module taking float [0, 1] NCHW images.
 
     Weights come from ``<weights_dir>/<arch.tag>.{safetensors,pth,pt,bin}`` (a timm state dict), or from
@@ -75,17 +76,17 @@ def load_zoo_model(name: str, weights_dir: str | Path | None = None, num_classes
             raise PretrainedUnavailable(f"zoo model {name!r} needs hub weights but HF_HUB_OFFLINE=1: "
                                         f"put {name}.safetensors in a folder and pass it as weights_dir")
         model = timm.create_model(name, pretrained=True, **kwargs)
-    return NormalisedTimm(model)
+    return NormalisedTimm(model, input_size)
 
 
 class NormalisedTimm(nn.Module):
     """Resize to the model's input size and normalise with its own mean/std, then the timm model."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, input_size: int | None = None):
         super().__init__()
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         self.model = model
-        self.input_size = int((cfg.get("input_size") or (3, 224, 224))[-1])
+        self.input_size = int(input_size or (cfg.get("input_size") or (3, 224, 224))[-1])
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, -1, 1, 1),
                              persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, -1, 1, 1),

@@ -169,14 +169,14 @@ def membership_recovery(index: np.ndarray, ratios: np.ndarray, truth: np.ndarray
 # --- the check as the CLI runs it -----------------------------------------------------------------
 
 # A tiny CNN and few epochs: colour is easy to see, and the whole check must fit in a few CPU minutes.
-CHECK_FOLDS = 5
+CHECK_FOLDS = 4
 CHECK_EPSILON = 0.2
 
 
 def check_classifier(seed: int = 0):
     from lib.support import DomainClassifierConfig
 
-    return DomainClassifierConfig(model="cnn:tiny", lrs=(3e-3, 1e-3), epochs=3, batch_size=64, weight_decay=5e-4,
+    return DomainClassifierConfig(model="cnn:tiny", lrs=(3e-3, 1e-3), epochs=2, batch_size=64, weight_decay=5e-4,
                                   reference_size=None, in_memory=True, seed=seed)
 
 

@@ -401,13 +401,15 @@ class RunConfig(BaseModel):
 _INIT_LOCK = threading.Lock()
 
 
-def subset_indices(num_examples: int, fraction: float, seed: int) -> np.ndarray | None:
-    """A seeded random subset of ``fraction`` of the examples (sorted), or None for all of them."""
+def subset_indices(candidates: np.ndarray | int, fraction: float, seed: int) -> np.ndarray | None:
+    """A seeded random ``fraction`` of ``candidates`` (example indices, or a count meaning ``arange(count)``),
+    sorted; None when the fraction is 1 (every example)."""
     if fraction >= 1:
         return None
-    k = max(1, int(round(fraction * num_examples)))
+    candidates = np.arange(candidates) if np.isscalar(candidates) else np.asarray(candidates, dtype=np.int64)
+    k = max(1, int(round(fraction * len(candidates))))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))  # independent of the data-order seeds
-    return np.sort(rng.permutation(num_examples)[:k]).astype(np.int64)
+    return np.sort(candidates[rng.permutation(len(candidates))[:k]]).astype(np.int64)
 
 
 def train_run(
@@ -432,7 +434,9 @@ def train_run(
     device = resolve_device(device)
     spec = get_spec(run.shift, dataset=run.dataset, root=run.root)
     info = split_info(spec, "source_train", cache_dir)
-    indices = subset_indices(info.num_examples, run.train_fraction, run.train.seed)
+    # Fractions are drawn from the examples the reference distribution keeps (after label_p class rates).
+    kept = info.indices if info.indices is not None else info.num_examples
+    indices = subset_indices(kept, run.train_fraction, run.train.seed)
     run_dir = exp.run_dir(run_id)
     atomic_write_json(run_dir / "config.json", run)
     loader_config = LoaderConfig(batch_size=run.train.batch_size, num_workers=num_workers, flip=run.flip,
@@ -469,6 +473,7 @@ def train_run(
         model_ids.append(model_id)
     exp.mark_done(run_id, {"models": model_ids, "seconds": sum(h.seconds for h in result.history)})
     return model_ids
+
 
 __all__ = [
     "TrainConfig", "TrainResult", "EpochStats", "train_model", "lr_factor", "epoch_seed", "seed_everything",

@@ -4,13 +4,15 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from lib.cluster import GPU_TAG
 from lib.store import Store
 from lib.training import RunConfig, train_run
 
 
 # Retries resume from the newest epoch checkpoint, so a killed or failed attempt loses at most one epoch.
 # Caching is ours (run folders named by the config hash, a `done` marker), not Prefect's.
-@task(name="train one model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE,
+# The gpu tag makes a cluster with GPU workers give each training task one GPU slot.
+@task(name="train one model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, tags=[GPU_TAG],
       task_run_name="train {run.shift}: {run.architecture} frac={run.train_fraction} seed={run.train.seed}")
 def train_one_model(
     store: str,

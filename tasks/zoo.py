@@ -12,7 +12,7 @@ from lib.store import Store
       task_run_name="zoo {model} on {split}")
 def predict_zoo_model(store: str, experiment: str, model: str, split: str, spec: ExperimentSpec, cache_dir: str,
                       weights_dir: str | None = None, num_classes: int | None = None, device: str = "cpu",
-                      batch_size: int = 256, num_workers: int = 1) -> str:
+                      batch_size: int = 256, num_workers: int = 1, input_size: int | None = None) -> str:
     """Predict ``model`` (timm ``arch.tag``) on ``split``; skipped when its predictions exist."""
     import numpy as np
 
@@ -23,7 +23,7 @@ def predict_zoo_model(store: str, experiment: str, model: str, split: str, spec:
     exp = Store(store).experiment(experiment)
     if exp.has_predictions(model, split):
         return str(exp.predictions_path(model, split))
-    net = load_zoo_model(model, weights_dir, num_classes)
+    net = load_zoo_model(model, weights_dir, num_classes, input_size)
     config = LoaderConfig(batch_size=batch_size, num_workers=num_workers, device=device)
     logits, labels, indices = predict(net, split_loader(spec, split, cache_dir, config, train=False), device)
     info = split_info(spec, split, cache_dir)

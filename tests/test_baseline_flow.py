@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -70,6 +71,8 @@ def test_baseline_flow_trains_predicts_and_reports_then_reruns_without_recomputi
         (["--train-fractions", "1.5"], "train fractions"),
         (["--keep-epochs", "9", "--epochs", "3"], "keep_epochs"),
         (["--device", "tpu"], "device"),
+        (["--dataset", "cifar10"], "--root"),
+        (["--dataset", "cifar10", "--root", "/nonexistent/cifar"], "does not exist"),
     ],
 )
 def test_invalid_baseline_settings_fail_with_one_line_before_any_compute(tmp_path, capsys, argv, message):
@@ -104,11 +107,12 @@ def test_config_file_with_unknown_setting_is_rejected(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_run_baseline_prints_store_path_and_writes_metrics_and_er_tables(prefect_api, askshift, tmp_path, beton_cache):
     config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(f"model: cnn:tiny\ntrain_fractions: [1.0, 0.5]\ncache_dir: {beton_cache}\ndevice: cpu\n")
+    # The smallest run that still fits a line: 3 one-epoch models.
+    config_file.write_text(f"model: cnn:tiny\ntrain_fractions: [1.0, 0.5, 0.25]\ncache_dir: {beton_cache}\ndevice: cpu\n")
     store = tmp_path / "store"
     proc = subprocess.run(
         [askshift, "run", "baseline", "--dataset", "digits", "--shift", "tint_p=0.5", "--store", str(store),
-         "--epochs", "2", "--config", str(config_file)],
+         "--epochs", "1", "--config", str(config_file)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -150,3 +154,7 @@ def test_train_fraction_subsets_are_seeded_sorted_and_in_range():
     assert (a == sorted(set(a.tolist()))).all() and a.min() >= 0 and a.max() < 1000
     assert not (a == subset_indices(1000, 0.25, seed=1)).all()
     assert subset_indices(1000, 1.0, seed=0) is None
+    # Under label_p the reference keeps only some examples: the fraction is drawn from those.
+    kept = np.arange(0, 3000, 3)
+    b = subset_indices(kept, 0.5, seed=0)
+    assert len(b) == 500 and set(b.tolist()) <= set(kept.tolist())

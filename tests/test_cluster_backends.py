@@ -61,7 +61,7 @@ def _overlap(spans: list[tuple[float, float]]) -> bool:
 @pytest.mark.parametrize("worker_gpus", [1, 0])
 def test_gpu_tagged_tasks_hold_one_gpu_slot_and_cpu_tasks_do_not(prefect_api, worker_gpus):
     # One worker with two threads: without resources two tasks run at once; with GPU=1 the tagged ones queue.
-    cluster_kwargs = {"n_workers": 1, "threads_per_worker": 2, "processes": False, "host": "127.0.0.1",
+    cluster_kwargs = {"n_workers": 1, "threads_per_worker": 2, "processes": False,
                       "dashboard_address": None}
     if worker_gpus:
         cluster_kwargs["resources"] = {"GPU": worker_gpus}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +14,18 @@ import torch
 from lib.finetune import FinetuneHparams
 from lib.pretrain import CHARACTERS, PretrainConfig, make_corpus, pretrain
 from lib.store import Store, read_json
+
+# Two threads on a busy 2-core machine are slower than one (thread contention); subprocesses get the same.
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 TINY_PRETRAIN = PretrainConfig(steps=30, batch_size=32, val_batches=1)
 TINY_RECIPE = FinetuneHparams(epochs=1, warmup_epochs=0.5, batch_size=128, weight_decay=0.05, lr_grid=(3e-3, 1e-4),
@@ -131,7 +144,7 @@ def test_cli_run_finetune_as_written_reuses_finished_runs_and_prints_the_experim
            "--no-control", "--epochs", "1", "--batch-size", "128", "--weight-decay", "0.05", "--lr-grid", "3e-3,1e-4",
            "--copies", "1", "--device", "cpu"]
     # The same FT recipe as the flow above: every run is found done, only predictions/report are refreshed.
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ONE_THREAD_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == result["experiment"]
     assert "effective" in (Path(result["experiment"]) / "report.md").read_text().lower()
@@ -154,24 +167,24 @@ def test_hparam_ablation_reports_er_per_value_around_the_selected_config(finetun
         assert rows["effective_robustness"].is_finite().all()
 
 
-def test_cli_bad_inputs_fail_with_one_line_before_training(askshift, tmp_path):
-    cases = [
-        (["--preset", "openai_clip", "--models", "cnn:small"], "preset 'openai_clip' is for clip: models"),
-        (["--strategies", "zs-ft"], "needs a CLIP model"),
-        (["--lr-grid", "1e-3,-1e-4"], "positive learning rates"),
-        (["--copies", "0"], "at least 1"),
-        (["--models", "cnn:smal"], "Did you mean 'small'"),
-    ]
-    for extra, message in cases:
-        proc = subprocess.run([askshift, "run", "finetune", "--store", str(tmp_path), *extra], capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2, (extra, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], (extra, proc.stderr)
-    assert not any(tmp_path.iterdir())  # nothing was written
+@pytest.mark.parametrize("extra,message", [
+    (["--preset", "openai_clip", "--models", "cnn:small"], "preset 'openai_clip' is for clip: models"),
+    (["--strategies", "zs-ft"], "needs a CLIP model"),
+    (["--lr-grid", "1e-3,-1e-4"], "positive learning rates"),
+    (["--copies", "0"], "at least 1"),
+    (["--models", "cnn:smal"], "Did you mean 'small'"),
+])
+def test_cli_bad_inputs_fail_with_one_line_before_training(tmp_path, capsys, extra, message):
+    from flows.cli import main
+
+    assert main(["run", "finetune", "--store", str(tmp_path / "store"), *extra]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "store").exists()  # nothing ran, nothing was written
 
 
 def test_cli_models_lists_families_presets_and_strategies(askshift):
-    out = subprocess.run([askshift, "models"], capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run([askshift, "models"], capture_output=True, text=True, timeout=120, check=True, env=ONE_THREAD_ENV).stdout
     for word in ("cnn", "timm", "clip", "openai_clip", "augreg_in21k", "lp-ft", "zs-ft", "scratch"):
         assert word in out
 
@@ -181,6 +194,6 @@ def test_cli_pretrain_says_it_is_a_stand_in_and_writes_the_file(askshift, tmp_pa
     assert "STAND-IN for CLIP / AugReg" in " ".join(help_text.split())
     out = tmp_path / "pre.pt"
     proc = subprocess.run([askshift, "pretrain", "--out", str(out), "--steps", "3", "--batch-size", "16"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=ONE_THREAD_ENV)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(out) and out.exists()

@@ -67,7 +67,7 @@ def test_schedules_rise_linearly_over_a_fractional_warmup(schedule):
     assert after == pytest.approx(expected, abs=1e-3)
 
 
-def test_training_applies_the_scheduled_lr_at_each_step(data, tmp_path):
+def test_training_applies_the_scheduled_lr_at_each_step(data, tmp_path, monkeypatch):
     config = TrainConfig(epochs=2, lr=0.01, schedule="triangle", warmup_epochs=0.5, batch_size=16, seed=0)
     seen = []
 
@@ -76,15 +76,9 @@ def test_training_applies_the_scheduled_lr_at_each_step(data, tmp_path):
             seen.append(self.param_groups[0]["lr"])
             return super().step(closure)
 
-    import lib.training as training
-
-    original = torch.optim.AdamW
-    training.torch.optim.AdamW = Spy
-    try:
-        seed_everything(0)
-        train_model(build_model("cnn:tiny", 3), loader_factory(data, config), config, tmp_path, log=quiet)
-    finally:
-        training.torch.optim.AdamW = original
+    monkeypatch.setattr(torch.optim, "AdamW", Spy)
+    seed_everything(0)
+    train_model(build_model("cnn:tiny", 3), loader_factory(data, config), config, tmp_path, log=quiet)
     steps = 2 * 6  # 96 examples / 16
     assert len(seen) == steps
     want = [0.01 * lr_factor(config, (i + 0.5) / 6) for i in range(steps)]

@@ -96,11 +96,19 @@ def _check_names(config) -> None:
     from lib.registry import UnknownNameError
     from lib.specs import get_spec
 
+    from lib.datasets import dataset_info
+
     try:
-        get_spec(config.shift, dataset=config.dataset, root=config.root)
+        spec = get_spec(config.shift, dataset=config.dataset, root=config.root)
         ModelName.parse(config.model)
     except (UnknownNameError, ValueError, FileNotFoundError) as exc:
         raise CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    for dist in [spec.reference, *spec.targets.values()]:
+        info = dataset_info(dist.dataset)
+        if info.needs_root and not dist.root:
+            raise CliError(f"dataset {dist.dataset!r} is read from a local folder: pass --root PATH ({info.layout})")
+        if dist.root and not Path(dist.root).expanduser().exists():
+            raise CliError(f"dataset folder {dist.root} does not exist (dataset {dist.dataset!r} expects: {info.layout})")
 
 
 def execute(args: argparse.Namespace, task_runner: Any) -> int:

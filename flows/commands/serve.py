@@ -29,6 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_serve)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM before Prefect's runner installs its own handler would kill us without stopping the server."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from flows.cli import CliError
     from flows.deployments import PREFECT_YAML
@@ -53,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_HOME
 
     log_path = os.path.join(str(PREFECT_HOME.value()), "askshift-server.log")
+    _stop_on_sigterm()
     try:
         server = start_server(args.host, args.port, log_path=log_path, timeout=args.startup_timeout)
     except RuntimeError as exc:
