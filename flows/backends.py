@@ -73,7 +73,11 @@ def make_task_runner(backend: str = "local", profile: str | None = None, *, dask
         # One task at a time: training already uses every core through torch threads.
         return ThreadPoolTaskRunner(max_workers=1)
     if backend == "dask":
+        import dask
+
         os.environ.update({k: os.environ.get(k, v) for k, v in {**WORKER_ENV, **_DASK_ENV}.items()})
+        # LocalCluster's nannies live in this process, whose Dask config was read at import: set it here too.
+        dask.config.set({"distributed.worker.daemon": False})
         workers = dask_workers or max(1, min(4, os.cpu_count() or 1))
         return dask_task_runner(
             cluster_class="distributed.LocalCluster",

@@ -203,6 +203,9 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
                                       device="cpu" if config.device == "auto" else config.device)
         _update_progress(artifact, 15.0)
 
+        # The report uses exactly the models these flows produced (an experiment folder may also hold models of
+        # runs made with other settings, e.g. before an upgrade changed a default).
+        models: dict[str, list[str]] = {}
         runs: list[tuple[str, str]] = [(p, config.experiment_name(p)) for p in presets]
         if config.split:
             runs.append((mixed_files["spec"], config.mixed_experiment_name()))
@@ -210,9 +213,13 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
             mixed = config.split and i == len(runs) - 1
             progress.enter("mixed shift and split" if mixed else "shifts",
                            f"{experiment}: baselines, then fine-tuning")
-            synthetic_shift_baseline(baseline_config(config, shift, experiment))
+            baseline = baseline_config(config, shift, experiment)
+            synthetic_shift_baseline(baseline)
             _say(progress.line(f"{experiment}: baselines done, fine-tuning"))
-            pretrained_finetune(finetune_config(config, shift, experiment, pretrained=weights))
+            finetuned = pretrained_finetune(finetune_config(config, shift, experiment, pretrained=weights))
+            factor = get_spec(shift, dataset=config.dataset).baseline_epochs_factor
+            models[experiment] = [run.model_id(e) for run in baseline.runs(factor) for e in run.train.kept_epochs()]
+            models[experiment] += list(finetuned["models"])
             _update_progress(artifact, 15.0 + 75.0 * (i + 1) / len(runs))
         if config.split:
             _say(progress.line("splitting the mixed shift into in-support and out-of-support parts"))
@@ -221,7 +228,7 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
                 split_config(config, mixed_files["spec"]))
 
         progress.enter("report", "ER per shift and group, both fit views, plots")
-        result = write_demo_report(config, time.monotonic() - started)
+        result = write_demo_report(config, time.monotonic() - started, models)
     publish_demo_artifacts(result)
     _update_progress(artifact, 100.0)
     _say(progress.line(f"finished in {format_duration(time.monotonic() - started)}"))
@@ -252,10 +259,10 @@ def _update_progress(artifact_id, value: float) -> None:
 
 
 @task(name="demo report", cache_policy=NO_CACHE)
-def write_demo_report(config: DemoConfig, seconds: float) -> dict[str, Any]:
+def write_demo_report(config: DemoConfig, seconds: float, models: dict[str, list[str]] | None = None) -> dict[str, Any]:
     from lib.demo_report import build_demo_report
 
-    return build_demo_report(config, seconds)
+    return build_demo_report(config, seconds, models)
 
 
 @task(name="publish demo artifacts", cache_policy=NO_CACHE)

@@ -9,7 +9,9 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lib.finetune import PRESETS, STRATEGIES, FinetuneHparams, FinetuneRun, RunOutcome, plan_run, register_run, select_best_lr
+from lib.finetune import (
+    PRESETS, STRATEGIES, FinetuneHparams, FinetuneRun, RunOutcome, check_weights, plan_run, register_run, select_best_lr,
+)
 from lib.pretrain import PretrainConfig
 from lib.store import Store, safe_name
 from tasks.finetune import dfr_one, finetune_one, pretrain_checkpoint
@@ -118,7 +120,7 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
     ensure_baseline(config, store, name, cache_dir)
     exp.write_config(config, name="finetune")
     info = split_info(spec, "source_train", cache_dir)
-    class_names = list(info.class_names or [])
+    class_names = zero_shot_class_names(config.dataset, info.class_names)
     from lib.finetune import validate_finetune
 
     validate_finetune(config.models, config.strategies, hp, preset=config.preset, class_names=class_names)
@@ -175,6 +177,16 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
     }
 
 
+def zero_shot_class_names(dataset: str, names: list[str] | None) -> list[str]:
+    """Class names for zero-shot heads: CLIP's curated ImageNet names for ImageNet-1k, the dataset's otherwise."""
+    names = list(names or [])
+    if dataset.lower().startswith("imagenet") and len(names) == 1000:
+        from lib.models import imagenet_class_names
+
+        return list(imagenet_class_names())
+    return names
+
+
 def make_submitter(store: str, name: str, cache_dir: str, submit: dict) -> Callable[[FinetuneRun], Any]:
     """``run -> future``: submits each distinct run once (by its hash), after the run it starts from."""
     futures: dict[str, Any] = {}
@@ -221,9 +233,10 @@ def resolve_pretrained(config: FinetuneConfig) -> dict[str, str | None]:
             device = "cpu" if config.device == "auto" else config.device
             weights[model] = pretrain_checkpoint.submit(pre, str(out), device=device).result()
         elif model.startswith("timm:"):
-            weights[model] = "hub"  # fails fast with a clear line when HF_HUB_OFFLINE=1
+            weights[model] = "hub"
         else:
-            weights[model] = None  # clip: the tag in the name (or an error asking for a local file)
+            weights[model] = None  # clip: the tag in the name
+        check_weights(model, weights[model])  # no hub reachable: one clear line now, not a failed task later
     return weights
 
 
@@ -328,7 +341,7 @@ def hparam_ablation(config: AblationConfig) -> dict:
     cache_dir = base.resolved_cache_dir()
     from lib.loaders import split_info
 
-    class_names = list(split_info(spec, "source_train", cache_dir).class_names or [])
+    class_names = zero_shot_class_names(base.dataset, split_info(spec, "source_train", cache_dir).class_names)
     weights = resolve_pretrained(base)
     group = base.group_name(strategy, model)
     selected = {"epochs": hp.epochs, "lr": lr, "batch_size": hp.batch_size, "weight_decay": hp.weight_decay}

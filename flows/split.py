@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import wait
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lib.domain_classifier import DomainSetup, example_images, load_domain_data
+from lib.domain_classifier import DomainSetup, load_domain_data, position_images
 from lib.specs import ExperimentSpec
 from lib.store import ExperimentStore, Store, atomic_write_text
 from lib.support import (DEFAULT_EPSILON, DEFAULT_FOLDS, EPSILONS, DomainClassifierConfig, SupportEstimate,
@@ -159,9 +159,8 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
                                                                title=f"{split}: domain classifier")}
     if config.examples_per_row:
         picked = pick_examples(estimate, None, config.examples_per_row, config.seed)
-        rows = [("reference", example_images(setup, config.reference_split, picked["reference"])),
-                ("in-support", example_images(setup, split, picked["in-support"])),
-                ("out-of-support", example_images(setup, split, picked["out-of-support"]))]
+        rows = [(label, position_images(setup, data, picked[label]))
+                for label in ("reference", "in-support", "out-of-support")]
         plots["examples"] = example_grid(rows, exp.plot_path(f"support_examples_{target}"),
                                          title=f"{split} at ε = {config.epsilon:g}")
     markdown = section_markdown(target, split, estimate, lr, tuning, er, plots, exp.root, config.classifier.model)

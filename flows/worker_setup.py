@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing
+import os
 
 from lib.env import apply_safe_defaults
 
@@ -11,7 +12,15 @@ logger = logging.getLogger("askshift.worker_setup")
 
 # Imported before the worker registers with the scheduler (preloads run first): a worker still importing torch
 # (tens of seconds on a busy node) is then never handed a task that a warm worker could run at once.
+# ASKSHIFT_WORKER_WARM_IMPORTS (comma-separated; empty: none) overrides the list.
 WARM_IMPORTS = ("torch", "prefect.task_engine", "lib.training", "lib.loaders", "lib.evaluation")
+
+
+def warm_imports() -> tuple[str, ...]:
+    configured = os.environ.get("ASKSHIFT_WORKER_WARM_IMPORTS")
+    if configured is None:
+        return WARM_IMPORTS
+    return tuple(m.strip() for m in configured.split(",") if m.strip())
 
 
 def dask_setup(worker) -> None:
@@ -22,7 +31,7 @@ def dask_setup(worker) -> None:
     # writer processes, then fails with "Can't pickle local object". Restore the platform default.
     if multiprocessing.get_start_method(allow_none=True) != "fork":
         multiprocessing.set_start_method("fork", force=True)
-    for module in WARM_IMPORTS:
+    for module in warm_imports():
         try:
             importlib.import_module(module)
         except Exception as exc:  # a missing optional module must not keep the worker from starting

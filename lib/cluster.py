@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -26,7 +25,6 @@ WORKER_PRELOAD = "flows.worker_setup"
 # Tag a Prefect task with this to make it hold one GPU slot on GPU workers (see flows.backends).
 GPU_TAG = "gpu"
 
-_WALLTIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2})(?::(\d{2}))?$")
 GRES_REJECTED = "Invalid generic resource (gres) specification"
 
 
@@ -35,12 +33,23 @@ class ClusterProfileError(ValueError):
 
 
 def walltime_seconds(walltime: str) -> int:
-    """Seconds in a SLURM walltime ``[D-]HH:MM[:SS]``."""
-    match = _WALLTIME.match(walltime.strip())
-    if not match:
-        raise ValueError(f"walltime {walltime!r} is not [D-]HH:MM:SS (e.g. '04:00:00' or '1-00:00:00')")
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    """Seconds in a SLURM time limit, read as sbatch reads it: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``,
+    ``D-H:M:S`` (so ``"30:00"`` is 30 minutes, not 30 hours)."""
+    text = walltime.strip()
+    days, _, clock = text.rpartition("-") if "-" in text else ("", "", text)
+    parts = clock.split(":")
+    if not all(p.isdigit() for p in parts) or (days and not days.isdigit()) or len(parts) > 3:
+        raise ValueError(f"walltime {walltime!r} is not a SLURM time limit such as '04:00:00' (H:M:S) or "
+                         "'1-00:00:00' (D-H:M:S)")
+    numbers = [int(p) for p in parts]
+    if days:  # D-H, D-H:M, D-H:M:S
+        hours, minutes, seconds = (numbers + [0, 0])[:3]
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if len(numbers) == 3:
+        hours, minutes, seconds = numbers
+    else:  # M or M:S
+        hours, (minutes, seconds) = 0, (numbers + [0])[:2]
+    return (hours * 60 + minutes) * 60 + seconds
 
 
 def duration_seconds(duration: str) -> float:
@@ -255,15 +264,15 @@ def job_script(profile: ClusterProfile, scheduler_address: str = "tcp://SCHEDULE
 def explain_sbatch_error(profile: ClusterProfile, stderr: str) -> str:
     """One clear line for an sbatch rejection, naming the profile field to change."""
     text = " ".join(stderr.split())
+    if "invalid partition" in text.lower():
+        return f"SLURM has no partition {profile.partition!r}: pick one listed by 'sinfo -s' ({text})"
+    if "invalid account" in text.lower():
+        return f"SLURM rejects account {profile.account!r}: check 'sacctmgr show assoc user=$USER' ({text})"
     if GRES_REJECTED.lower() in text.lower():
         where = f"partition {profile.partition!r}" if profile.partition else "the default partition"
         return (f"the profile asks for {profile.gpus} GPU(s) per job ({profile.gres_directive()}) but SLURM rejects it: "
                 f"{where} has no such GPUs configured ('sinfo -o %G' shows the partition's GRES). "
                 "Set gpus: 0 for CPU workers or choose a GPU partition / gpu_type that exists")
-    if "invalid partition" in text.lower():
-        return f"SLURM has no partition {profile.partition!r}: pick one listed by 'sinfo -s' ({text})"
-    if "invalid account" in text.lower():
-        return f"SLURM rejects account {profile.account!r}: check 'sacctmgr show assoc user=$USER' ({text})"
     if "node configuration is not available" in text.lower():
         return (f"no node can satisfy cores={profile.cores}, memory={profile.memory}, gpus={profile.gpus} "
                 f"per job: lower them to fit a node ('sinfo -o \"%P %c %m %G\"') ({text})")
@@ -288,6 +297,13 @@ def check_submission(profile: ClusterProfile) -> str:
     if shutil.which("sbatch") is None:
         raise ClusterProfileError("'sbatch' is not on PATH: run on a SLURM login node (or start the test cluster: "
                                   "deployments/slurm/local-cluster.sh up)")
+    if profile.partition:
+        # sbatch reports a bad GPU request before a bad partition: check the partition first.
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+        known = sorted({p.strip().rstrip("*") for p in out.stdout.split()})
+        if out.returncode == 0 and known and profile.partition not in known:
+            raise ClusterProfileError(f"SLURM has no partition {profile.partition!r}: set partition to one of "
+                                      f"{', '.join(known)} ('sinfo -s')")
     if profile.gpus:
         gres = partition_gres(profile.partition)
         if gres and all(g == "(null)" for g in gres):

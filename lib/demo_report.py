@@ -97,7 +97,8 @@ def _summary_markdown(table: pl.DataFrame, shifts: Sequence[DemoShift]) -> str:
     return "\n".join(lines)
 
 
-def mixed_sections(config: DemoConfig, demo_exp: ExperimentStore) -> tuple[list[str], list[dict], list[pl.DataFrame]]:
+def mixed_sections(config: DemoConfig, demo_exp: ExperimentStore, models: dict[str, list[str]] | None = None
+                   ) -> tuple[list[str], list[dict], list[pl.DataFrame]]:
     """The split section: membership recovery, the split flow's own section, and ER on each part."""
     from lib.er import ERInputError
     from lib.report import ensure_metrics, er_rows
@@ -127,7 +128,7 @@ def mixed_sections(config: DemoConfig, demo_exp: ExperimentStore) -> tuple[list[
         lines += ["<details><summary>The split flow's own section (sizes per epsilon, calibration, examples)</summary>",
                   "", text, "", "</details>", ""]
     try:
-        metrics = ensure_metrics(exp)
+        metrics = only_models(ensure_metrics(exp), models, name)
     except Exception as exc:  # noqa: BLE001
         return lines + [f"No ER for the mixed shift: {exc}", ""], rows_out, model_frames
     for sub in ("in_support", "out_of_support", "all"):
@@ -174,8 +175,18 @@ def _recovery_line(exp: ExperimentStore, split: str) -> str | None:
         return None
 
 
-def build_demo_report(config: DemoConfig, seconds: float | None = None) -> dict[str, Any]:
-    """Write STORE/demo/report.md, tables/demo_er.parquet (shift x group) and tables/demo_models.parquet."""
+def only_models(metrics: pl.DataFrame, models: dict[str, list[str]] | None, experiment: str) -> pl.DataFrame:
+    """The metrics of the models a demo run produced (all registered models when ``models`` is None)."""
+    if models is None or experiment not in models:
+        return metrics
+    return metrics.filter(pl.col("model").is_in(list(models[experiment])))
+
+
+def build_demo_report(config: DemoConfig, seconds: float | None = None,
+                      models: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Write STORE/demo/report.md, tables/demo_er.parquet (shift x group) and tables/demo_models.parquet.
+
+    ``models`` (experiment -> model ids) restricts each experiment to the models of this run."""
     from lib.er import ERInputError
     from lib.report import ensure_metrics, er_rows
 
@@ -189,7 +200,7 @@ def build_demo_report(config: DemoConfig, seconds: float | None = None) -> dict[
     for preset in config.presets():
         name = config.experiment_name(preset)
         exp = store.experiment(name)
-        metrics = ensure_metrics(exp)
+        metrics = only_models(ensure_metrics(exp), models, name)
         counts[preset] = metrics.filter(pl.col("split") == REFERENCE_SPLIT).height
         n_reference = _reference_size(config, preset)
         for shift in [s for s in shifts if s.preset == preset]:
@@ -205,7 +216,7 @@ def build_demo_report(config: DemoConfig, seconds: float | None = None) -> dict[
                                        safe_name(shift.name), why_notes(shift_rows, shift, n_reference)))
     split_lines: list[str] = []
     if config.split:
-        split_lines, split_rows, split_frames = mixed_sections(config, demo_exp)
+        split_lines, split_rows, split_frames = mixed_sections(config, demo_exp, models)
         rows += split_rows
         model_frames += split_frames
 

@@ -88,6 +88,19 @@ class InMemoryImages:
 
 _init_lock = threading.Lock()
 
+
+class _OnceLock:
+    """Holds ``lock`` from creation until the first ``release()``; later calls do nothing."""
+
+    def __init__(self, lock: threading.Lock):
+        self._lock = lock
+        self._held = lock.acquire()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
 # A split reader: (split indices, train?, seed, batch size) -> iterable of (images, labels, indices) from FFCV.
 SplitReader = Callable[[np.ndarray, bool, int, int], Iterable]
 
@@ -204,17 +217,24 @@ def fit_domain_classifier(images: DomainImages, train_positions: np.ndarray, con
     from lib.models import build_model
     from lib.training import epoch_seed, seed_everything, train_model
 
-    with _init_lock:  # the global RNG is shared by tasks running in threads: seed and build atomically
+    # Tasks may run as threads of one process, sharing torch's global RNG: seeding + building, and
+    # train_model's own seeding at its start, happen under one lock, released when the first batch is asked for.
+    with _init_lock:
         seed_everything(config.seed)  # initial weights follow the seed
         model = build_model(config.model, 2, pretrained=config.pretrained)
     for name, train_config in train_configs(config, lr):
         if hasattr(model, "freeze_backbone"):
             model.freeze_backbone(train_config.freeze_backbone)
+        gate = _OnceLock(_init_lock)
 
-        def make_loader(epoch: int, _c=train_config):
+        def make_loader(epoch: int, _c=train_config, _gate=gate):
+            _gate.release()
             return images.train_batches(train_positions, _c.batch_size, epoch_seed(_c.seed, epoch))
 
-        train_model(model, make_loader, train_config, Path(checkpoint_dir) / name, device=device, log=log)
+        try:
+            train_model(model, make_loader, train_config, Path(checkpoint_dir) / name, device=device, log=log)
+        finally:
+            gate.release()
     if hasattr(model, "freeze_backbone"):
         model.freeze_backbone(False)
     return model
@@ -317,13 +337,20 @@ def fit_and_score(setup: DomainSetup, data: DomainData, images: DomainImages, tr
     return score_positions(model, images, heldout, batch_size=max(256, setup.classifier.batch_size), device=device)
 
 
-def example_images(setup: DomainSetup, split: str, indices: np.ndarray) -> np.ndarray:
-    """uint8 NCHW images of the given split indices, in that order (for the report's image grid)."""
-    indices = np.asarray(indices, np.int64)
-    if indices.size == 0:
+def position_images(setup: DomainSetup, data: DomainData, positions: np.ndarray) -> np.ndarray:
+    """uint8 NCHW images of some positions (the report's example grid): from memory when the folds held
+    the images there, else read through the FFCV loaders."""
+    positions = np.asarray(positions, np.int64)
+    if positions.size == 0:
         return np.zeros((0, 3, 8, 8), np.uint8)
+    images = domain_images(setup, data)
+    if isinstance(images, InMemoryImages):
+        return images.images[torch.from_numpy(positions)].numpy()
     threads = torch.get_num_threads()
-    images, got = collect_images(split_reader(setup, split)(indices, False, 0, 256), indices.size)
+    out = []
+    for p in positions:  # few images: one small read per side is enough
+        split = setup.reference_split if data.domain[p] == 0 else setup.shifted_split
+        batch, _ = collect_images(split_reader(setup, split)(data.index[[p]], False, 0, 1), 1)
+        out.append(batch)
     torch.set_num_threads(threads)
-    where = {int(k): j for j, k in enumerate(got.tolist())}
-    return images[[where[int(k)] for k in indices]].numpy()
+    return torch.cat(out).numpy()

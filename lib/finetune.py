@@ -184,6 +184,23 @@ def validate_finetune(
         FinetuneHparams.model_validate(hparams.model_dump())  # re-check a possibly constructed-unvalidated object
 
 
+def check_weights(model: str, pretrained: str | None) -> None:
+    """Fail before training when ``model``'s weights need the hub and the hub is off (HF_HUB_OFFLINE=1),
+    or name a file that does not exist."""
+    from lib.models import HUB, PretrainedUnavailable, hub_offline
+
+    _, tag = split_clip_name(model)
+    source = pretrained or tag
+    if source and source != HUB and Path(source).exists():
+        return
+    if source and source != HUB and ("/" in source or source.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+        raise FileNotFoundError(f"pre-trained weights {source!r} for {model} do not exist")
+    needs_hub = source == HUB or (model.startswith("clip:") and source is not None)
+    if needs_hub and hub_offline():
+        raise PretrainedUnavailable(f"{model} needs the model hub for its pre-trained weights, but HF_HUB_OFFLINE=1: "
+                                    f"pass a local weights file: --pretrained PATH (or --pretrained {model}=PATH)")
+
+
 # --- one fine-tuning run ----------------------------------------------------------------------------
 class FinetuneRun(BaseModel):
     """One stage of one strategy for one (model, lr, seed); the content hash names its run folder."""
@@ -560,7 +577,7 @@ FinetuneRun.model_rebuild()
 
 __all__ = [
     "STRATEGIES", "PRESETS", "PAPER_LR_GRID", "Strategy", "Preset", "FinetuneHparams", "FinetuneRun", "RunOutcome",
-    "FinetuneInputError", "validate_finetune", "plan_run", "build_initial_model", "finetune_run", "register_run",
+    "FinetuneInputError", "validate_finetune", "check_weights", "plan_run", "build_initial_model", "finetune_run", "register_run",
     "final_checkpoint", "select_best_lr", "split_clip_name", "extract_features", "group_balanced_weights",
     "fit_dfr", "apply_dfr", "DFRResult", "reference_accuracy", "dfr_registered_model",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -462,8 +462,6 @@ def estimate_support(data: DomainData, logits: np.ndarray, fold: np.ndarray, eps
                            calibration=calibrate_temperature(logits, labels), auroc=auroc(labels, logits),
                            epsilons=eps_all, epsilon=float(epsilon))
 
-
-Membership = Literal["in", "out"]
 
 __all__ = [
     "EPSILONS", "DEFAULT_EPSILON", "DEFAULT_FOLDS", "MIN_SEPARATION_AUROC", "SupportInputError",

@@ -126,13 +126,13 @@ def _hwc(image: np.ndarray) -> np.ndarray:
 
 
 def pick_examples(estimate: SupportEstimate, epsilon: float | None, per_row: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Split indices of random reference, in-support and out-of-support examples (for the image grid)."""
+    """Positions (in ``estimate.data``) of random reference, in-support and out-of-support examples."""
     from lib.support import out_of_support
 
     rng = np.random.default_rng(seed)
     eps = estimate.epsilon if epsilon is None else epsilon
-    ref = estimate.data.index[estimate.data.domain == 0]
-    shifted_index = estimate.data.index[estimate.data.domain == 1]
+    ref = np.flatnonzero(estimate.data.domain == 0)
+    shifted_index = np.flatnonzero(estimate.data.domain == 1)
     out = out_of_support(estimate.shifted_ratios(), eps)
 
     def take(values: np.ndarray) -> np.ndarray:
@@ -158,6 +158,9 @@ def sweep_markdown(sweep: pl.DataFrame, chosen: float) -> str:
 
 def er_markdown(er: SupportER) -> str:
     if er.groups.height == 0:
+        distinct = list(dict.fromkeys(er.messages.values()))
+        if len(distinct) == 1:
+            return f"No ER per sub-split: {distinct[0]}."
         reasons = "; ".join(f"{SUB_SPLIT_LABELS[k]}: {v}" for k, v in er.messages.items()) or "no models"
         return f"No ER per sub-split: {reasons}."
     lines = ["| part | examples | group | models | ER (95% interval) |", "|---|---|---|---|---|"]
@@ -196,8 +199,15 @@ def section_markdown(target: str, shifted_split: str, estimate: SupportEstimate,
     if tuning is not None and tuning.height > 1:
         lines += ["Learning rate by held-out AUROC: " + ", ".join(
             f"{r['lr']:g} → {r['auroc']:.3f}" for r in tuning.iter_rows(named=True)), ""]
-    lines += ["### Split sizes per ε", "", sweep_markdown(sizes, estimate.epsilon), "",
-              "### Effective robustness per part", "", er_markdown(er), ""]
+    if failure:
+        # Sizes stay visible (they show that nothing stands out), but ER per part would compare arbitrary parts.
+        lines += ["### Split sizes per ε (not meaningful: the classifier did not separate the sets)", "",
+                  sweep_markdown(sizes, estimate.epsilon), "",
+                  "ER per part is not reported: without a domain classifier that tells the sets apart, the "
+                  "in/out-of-support parts are noise. Report ER on the whole split instead.", ""]
+    else:
+        lines += ["### Split sizes per ε", "", sweep_markdown(sizes, estimate.epsilon), "",
+                  "### Effective robustness per part", "", er_markdown(er), ""]
     for name, path in plots.items():
         lines.append(f"![{name}]({path.relative_to(base).as_posix()})")
     return "\n".join(lines).rstrip() + "\n"

@@ -6,7 +6,6 @@ folds and a killed one resumes from its newest epoch checkpoint.
 """
 from __future__ import annotations
 
-import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -23,16 +22,17 @@ def _scores_done(exp: ExperimentStore, run_id: str):
     return None
 
 
-def _fit(exp: ExperimentStore, setup: DomainSetup, run_id: str, train, heldout, lr: float, device: str,
-         num_workers: int, log) -> np.ndarray:
+def _fit(exp: ExperimentStore, setup: DomainSetup, run_id: str, data, train, heldout, lr: float, device: str,
+         num_workers: int, log):
+    """Train, score the held-out positions, store the scores and mark the run done; returns the scores table."""
     import polars as pl
 
-    data = load_domain_data(setup)
     images = domain_images(setup, data, num_workers)
     logits = fit_and_score(setup, data, images, train, heldout, lr, exp.run_dir(run_id) / "checkpoints", device, log)
-    atomic_write_parquet(exp.run_dir(run_id) / "scores.parquet",
-                         pl.DataFrame({"position": heldout, "domain": data.domain[heldout], "logit": logits}))
-    return logits
+    scores = pl.DataFrame({"position": heldout, "domain": data.domain[heldout], "logit": logits})
+    atomic_write_parquet(exp.run_dir(run_id) / "scores.parquet", scores)
+    exp.mark_done(run_id, {"positions": int(heldout.size), "lr": lr})
+    return scores
 
 
 @task(name="domain classifier: one learning rate", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
@@ -47,18 +47,10 @@ def fit_lr_point(store: str, experiment: str, setup: DomainSetup, lr: float, dev
     if done is None:
         data = load_domain_data(setup)
         fold = tuning_fold(data, setup.folds, setup.seed)
-        _fit(exp, setup, run_id, fold.train, fold.heldout, lr, device, num_workers, logger.info)
-        done = _scores_done_after(exp, run_id)
+        done = _fit(exp, setup, run_id, data, fold.train, fold.heldout, lr, device, num_workers, logger.info)
     value = auroc(done["domain"].to_numpy(), done["logit"].to_numpy())
     logger.info(f"lr={lr:g}: held-out AUROC {value:.3f}")
     return value
-
-
-def _scores_done_after(exp: ExperimentStore, run_id: str):
-    import polars as pl
-
-    exp.mark_done(run_id)
-    return pl.read_parquet(exp.run_dir(run_id) / "scores.parquet")
 
 
 @task(name="domain classifier: one fold", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
@@ -73,7 +65,6 @@ def fit_fold(store: str, experiment: str, setup: DomainSetup, fold: int, lr: flo
     if done is None:
         data = load_domain_data(setup)
         plan = fold_plan(data, setup.folds, setup.seed)[fold]
-        _fit(exp, setup, run_id, plan.train, plan.heldout, lr, device, num_workers, logger.info)
-        done = _scores_done_after(exp, run_id)
+        done = _fit(exp, setup, run_id, data, plan.train, plan.heldout, lr, device, num_workers, logger.info)
     logger.info(f"fold {fold}: scored {done.height} held-out examples")
     return done["position"].to_list(), done["logit"].to_list()

@@ -9,11 +9,18 @@ from lib.store import Store
 from lib.training import RunConfig, train_run
 
 
+def _run_name() -> str:
+    from prefect.runtime import task_run
+
+    run = task_run.parameters.get("run")
+    return f"train {run.model_label()} on {run.shift}" if isinstance(run, RunConfig) else "train one model"
+
+
 # Retries resume from the newest epoch checkpoint, so a killed or failed attempt loses at most one epoch.
 # Caching is ours (run folders named by the config hash, a `done` marker), not Prefect's.
 # The gpu tag makes a cluster with GPU workers give each training task one GPU slot.
 @task(name="train one model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, tags=[GPU_TAG],
-      task_run_name="train {run.shift}: {run.architecture} frac={run.train_fraction} seed={run.train.seed}")
+      task_run_name=_run_name)
 def train_one_model(
     store: str,
     experiment: str,

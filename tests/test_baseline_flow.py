@@ -158,3 +158,38 @@ def test_train_fraction_subsets_are_seeded_sorted_and_in_range():
     kept = np.arange(0, 3000, 3)
     b = subset_indices(kept, 0.5, seed=0)
     assert len(b) == 500 and set(b.tolist()) <= set(kept.tolist())
+
+
+@pytest.mark.slow
+def test_train_task_retry_resumes_from_the_last_epoch_checkpoint(prefect_api, tmp_path, beton_cache, monkeypatch):
+    from prefect import flow
+
+    import lib.loaders
+    from lib.store import Store
+    from lib.training import RunConfig, TrainConfig, checkpoint_path
+    from tasks.training import train_one_model
+
+    run = RunConfig(shift="tint_p=0.5", architecture="cnn:tiny", train_fraction=0.25,
+                    train=TrainConfig(epochs=2, batch_size=64, lr=1e-2))
+    exp = Store(tmp_path / "store").experiment("retry")
+    first_checkpoint = checkpoint_path(exp.checkpoint_dir(run.run_id()), 1)
+    seen = {}
+    original_iter = lib.loaders.SplitLoader.__iter__
+
+    def failing_iter(self):
+        # The first attempt dies in epoch 2, after epoch 1's checkpoint was written.
+        if self.split == "source_train" and self.loader.next_epoch == 1 and "failed" not in seen:
+            seen["failed"] = first_checkpoint.stat().st_mtime_ns
+            raise RuntimeError("worker lost")
+        return original_iter(self)
+
+    monkeypatch.setattr(lib.loaders.SplitLoader, "__iter__", failing_iter)
+
+    @flow
+    def one_training():
+        return train_one_model(str(exp.root.parent), "retry", run, beton_cache, device="cpu")
+
+    (model_id,) = one_training()
+    assert "failed" in seen and exp.is_done(run.run_id())
+    assert first_checkpoint.stat().st_mtime_ns == seen["failed"]  # epoch 1 was not trained again
+    assert model_id == run.model_id(2) and exp.models()["model"].to_list() == [model_id]

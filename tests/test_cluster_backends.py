@@ -22,7 +22,8 @@ def probe_workers(n: int) -> list[dict]:
     return [f.result() for f in [where_am_i.submit() for _ in range(n)]]
 
 
-def test_dask_backend_runs_tasks_in_worker_processes_that_use_the_flows_api(prefect_api):
+def test_dask_backend_runs_tasks_in_worker_processes_that_use_the_flows_api(prefect_api, monkeypatch):
+    monkeypatch.setenv("ASKSHIFT_WORKER_WARM_IMPORTS", "")  # these no-op tasks need no torch
     runner = make_task_runner("dask", dask_workers=1)
     seen = probe_workers.with_options(task_runner=runner)(2)
     assert {s["pid"] for s in seen} and os.getpid() not in {s["pid"] for s in seen}

@@ -82,6 +82,7 @@ def test_log_directory_is_expanded_and_not_created_by_printing_the_script(tmp_pa
 
 @pytest.mark.parametrize("fields, field_named", [
     ({"worker_lifetime": "2h", "walltime": "01:00:00"}, "walltime"),
+    ({"worker_lifetime": "45m", "walltime": "30:00"}, "walltime"),  # sbatch reads M:S: 30 minutes
     ({"adapt_minimum": 3, "adapt_maximum": 2}, "adapt_minimum"),
     ({"walltime": "90 minutes"}, "walltime"),
     ({"memory": "lots"}, "memory"),
@@ -96,6 +97,15 @@ def test_invalid_profiles_are_rejected_naming_the_field(tmp_path, fields, field_
     with pytest.raises(ClusterProfileError) as info:
         load_profile(path)
     assert field_named in str(info.value) and str(path) in str(info.value)
+
+
+def test_walltime_is_read_as_sbatch_reads_it():
+    from lib.cluster import walltime_seconds
+
+    assert walltime_seconds("30:00") == 30 * 60
+    assert walltime_seconds("04:00:00") == 4 * 3600
+    assert walltime_seconds("1-12") == 36 * 3600
+    assert ClusterProfile(walltime="1-00:00:00", worker_lifetime="23h").walltime == "1-00:00:00"
 
 
 def test_sbatch_gres_rejection_is_explained_with_what_to_change():

@@ -46,7 +46,7 @@ def served(tmp_path_factory):
         process = subprocess.Popen([askshift, "serve", "--port", str(port), "--only", "report"], cwd=base, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        text = _wait_for_line(output, "serving;", process, timeout=300)
+        text = _wait_for_line(output, "serving (", process, timeout=300)
         yield {"port": port, "url": f"http://127.0.0.1:{port}", "base": base, "output": text, "process": process,
                "log": output}
     finally:
@@ -77,7 +77,12 @@ def test_deployment_triggered_like_the_ui_run_button_completes_and_publishes_art
     store = served["base"] / "store"
     make_experiment(store / "tiny")
     api = f"{served['url']}/api"
-    deployment = httpx.get(f"{api}/deployments/name/report/report", timeout=10)
+    deadline = time.monotonic() + 120  # the runner registers its deployments just after start-up
+    while True:
+        deployment = httpx.get(f"{api}/deployments/name/report/report", timeout=10)
+        if deployment.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert deployment.status_code == 200, deployment.text
     # Exactly what the UI's Run button sends.
     created = httpx.post(f"{api}/deployments/{deployment.json()['id']}/create_flow_run", timeout=10,

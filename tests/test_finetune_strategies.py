@@ -206,3 +206,42 @@ def test_dfr_head_written_into_a_classifier_predicts_like_the_fitted_model():
         pred = model(images).argmax(1).numpy()
     assert np.array_equal(pred, (feats @ result.weight.T + result.bias).argmax(1))
     assert worst_group(pred, y, g) > 0.7 and math.isfinite(result.worst_group_accuracy)
+
+
+def test_zs_ft_starts_from_the_clip_zero_shot_head_of_the_dataset_class_names(tmp_path):
+    import json as _json
+
+    import open_clip
+
+    name = "askshift-test-zsft-clip"
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / f"{name}.json").write_text(_json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / f"{name}.json")
+    clip = open_clip.create_model(name)
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    names = [str(i) for i in range(10)]
+    run = plan_run("zs-ft", f"clip:{name}", FinetuneHparams(), 1e-5, 0, dataset="digits", shift="out_of_support",
+                   pretrained=str(tmp_path / "clip.pt"), class_names=names)
+    assert run.head == "zero_shot" and run.class_names == tuple(names) and run.model == f"clip:{name}"
+    model = build_initial_model(run, 10)
+    expected = build_model(f"clip:{name}", 10, pretrained=str(tmp_path / "clip.pt"), class_names=names)
+    assert torch.equal(model.head.weight, expected.head.weight)
+    ft = build_initial_model(plan_run("ft", f"clip:{name}", FinetuneHparams(), 1e-5, 0, dataset="digits",
+                                      shift="out_of_support", pretrained=str(tmp_path / "clip.pt")), 10)
+    assert not torch.equal(ft.head.weight, model.head.weight)  # FT gets a new head
+
+
+def test_weights_that_need_an_unreachable_hub_are_refused_before_training(monkeypatch, pretrained_file):
+    from lib.finetune import check_weights
+    from lib.models import PretrainedUnavailable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedUnavailable, match="--pretrained PATH"):
+        check_weights("timm:vit_base_patch32_224.augreg_in21k", "hub")
+    with pytest.raises(PretrainedUnavailable, match="HF_HUB_OFFLINE=1"):
+        check_weights("clip:ViT-B-32:openai", None)
+    with pytest.raises(FileNotFoundError):
+        check_weights("cnn:small", "/no/such/pre.pt")
+    check_weights("cnn:small", pretrained_file)
+    check_weights("clip:ViT-B-32:openai", pretrained_file)  # a local file replaces the tag

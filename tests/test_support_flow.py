@@ -191,3 +191,19 @@ def test_gpu_default_classifier_is_the_papers_clip_lp_ft_by_name():
     gpu, cpu = default_classifier("cuda"), default_classifier("cpu")
     assert gpu.model == "clip:ViT-L-14:laion2b_s32b_b82k" and gpu.linear_probe_epochs > 0 and len(gpu.lrs) == 8
     assert cpu.model.startswith("cnn:") and cpu.linear_probe_epochs == 0
+
+
+@pytest.mark.slow
+def test_rerunning_the_split_flow_retrains_nothing_and_gives_the_same_split(split_check_run):
+    from flows.split import SplitConfig, split_shift
+
+    _, exp = split_check_run
+    config = SplitConfig.model_validate(exp.read_config("split_config"))
+    done = {p: p.stat().st_mtime_ns for p in (exp.root / "runs").glob("*/done")}
+    checkpoints = {p: p.stat().st_mtime_ns for p in (exp.root / "runs").rglob("*.pt")}
+    before = exp.read_subsplit("shifted_val")
+    split_shift(config)
+    assert done and done == {p: p.stat().st_mtime_ns for p in (exp.root / "runs").glob("*/done")}
+    assert checkpoints == {p: p.stat().st_mtime_ns for p in (exp.root / "runs").rglob("*.pt")}
+    after = exp.read_subsplit("shifted_val")
+    assert after.select("index", "support", "ratio").equals(before.select("index", "support", "ratio"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 from lib import support
@@ -173,3 +174,29 @@ def test_a_classifier_at_chance_is_reported_as_failing_to_separate():
     assert support.separation_failure(0.52) is not None
     assert "failed to separate" in support.separation_failure(0.5)
     assert support.separation_failure(0.9) is None
+
+
+def _report_inputs(separation: float, tmp_path):
+    from lib.support_report import SupportER
+
+    rng = np.random.default_rng(0)
+    data = support.build_domain_data(np.arange(300), np.arange(100))
+    logits = separation * np.where(data.domain == 1, 1.0, -1.0) + rng.normal(0, 1.0, len(data))
+    est = support.estimate_support(data, logits, np.zeros(len(data), int))
+    empty = SupportER(groups=pl.DataFrame(), models=pl.DataFrame(),
+                      messages={"all": "no models"})
+    return est, empty
+
+
+def test_report_says_the_split_is_meaningless_when_the_classifier_is_at_chance(tmp_path):
+    from lib.support_report import section_markdown
+
+    est, er = _report_inputs(0.0, tmp_path)
+    assert not est.separated
+    text = section_markdown("t", "t_val", est, 1e-3, None, er, {}, tmp_path, "cnn:tiny")
+    assert "failed to separate" in text and "not meaningful" in text
+    assert "Effective robustness per part" not in text
+
+    est, er = _report_inputs(3.0, tmp_path)
+    text = section_markdown("t", "t_val", est, 1e-3, None, er, {}, tmp_path, "cnn:tiny")
+    assert est.separated and "failed to separate" not in text and "Effective robustness per part" in text

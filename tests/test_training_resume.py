@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 EPOCHS = 3
 BATCHES = 8

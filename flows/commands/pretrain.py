@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 3e-3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is faster on a machine busy with other work)")
     parser.add_argument("--force", action="store_true", help="rebuild even if PATH holds a checkpoint of the same settings")
     parser.set_defaults(func=run)
 
@@ -45,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise CliError(f"invalid pretrain setting {'.'.join(str(p) for p in err['loc'])!r}: {err['msg']}") from None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         from lib.models import ModelName
 

@@ -135,11 +135,20 @@ def build_config(args: argparse.Namespace):
         "baseline": {"epochs": args.baseline_epochs} if args.baseline_epochs else {},
     }
     config = _validated(FinetuneConfig, data, "fine-tuning")
-    for model, path in config.pretrained.items():
-        from pathlib import Path
+    from pathlib import Path
 
-        if path != "hub" and not Path(path).exists():
+    from lib.finetune import check_weights
+
+    for model in config.models:
+        path = config.pretrained.get(model)
+        if path is not None and path != "hub" and not Path(path).exists():
             raise CliError(f"--pretrained {path}: no such file (build one with `askshift pretrain --out {path}`)")
+        if path is None and model.startswith("timm:"):
+            path = "hub"  # what the flow will ask for
+        try:
+            check_weights(model, path)
+        except (PretrainedUnavailable, FileNotFoundError) as exc:
+            raise CliError(str(exc)) from None
     return config
 
 

@@ -97,7 +97,7 @@ def _register_and_run(path: str, args: argparse.Namespace, api_url: str, ui: str
         if log_path:
             print(f"server log: {log_path}", flush=True)
         print("deployments: " + ", ".join(f"{d.flow_name}/{d.name}" for d in deployments), flush=True)
-        print("serving; trigger runs from the UI (Deployments -> Run) or `prefect deployment run FLOW/NAME`; "
-              "Ctrl-C stops", flush=True)
+        print("serving (deployments appear in the UI within seconds); trigger runs from the UI (Deployments -> "
+              "Run) or `prefect deployment run FLOW/NAME`; Ctrl-C stops", flush=True)
         serve(*deployments, limit=args.limit, print_starting_message=False)
     return 0

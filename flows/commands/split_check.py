@@ -26,13 +26,13 @@ def run(args: argparse.Namespace) -> int:
         auroc = check(args.seed, args.store)
     else:
         with tempfile.TemporaryDirectory(prefix="askshift-split-check-") as store:
-            auroc = check(args.seed, store)
+            auroc = check(args.seed, store, keep=False)
     stop_temporary_prefect_server()
     print(f"auroc: {auroc:.3f}", flush=True)
     return 0
 
 
-def check(seed: int, store: str) -> float:
+def check(seed: int, store: str, keep: bool = True) -> float:
     """Build the mixture, run the split flow, print the recovery table; returns the AUROC of the ratio
     against the true out-of-support membership."""
     started = time.perf_counter()
@@ -80,7 +80,8 @@ def check(seed: int, store: str) -> float:
         print(f"{row['epsilon']:>8g} {row['in_support']:>6} {row['out_of_support']:>6} {precision:>10} "
               f"{recall:>8} {row['accuracy']:>9.3f}")
     print(f"\ntrue membership: {int((~truth).sum())} in-support, {int(truth.sum())} out-of-support")
-    print(f"report section: {result['section']}")
+    kept = "" if keep else "  (temporary store, deleted at exit: pass --store DIR to keep it)"
+    print(f"report section: {result['section']}{kept}")
     say("done")
     return recovery.auroc
 
