@@ -16,14 +16,14 @@ from typing import Any, Callable
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.futures import wait
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lib.domain_classifier import DomainSetup, load_domain_data, position_images
 from lib.specs import ExperimentSpec
 from lib.store import ExperimentStore, Store, atomic_write_text
 from lib.support import (DEFAULT_EPSILON, DEFAULT_FOLDS, EPSILONS, DomainClassifierConfig, SupportEstimate,
-                         assemble_cross_fit, check_epsilons, choose_lr, estimate_support, fold_plan,
-                         separation_failure)
+                         assemble_cross_fit, check_epsilons, choose_lr, default_classifier, estimate_support,
+                         fold_plan, separation_failure)
 from tasks.support import fit_fold, fit_lr_point
 
 
@@ -36,7 +36,8 @@ class SplitConfig(BaseModel):
     targets: tuple[str, ...] | None = Field(None, description="targets to split (default: every target of the spec)")
     reference_split: str = Field("source_train", description="split the reference sample is drawn from")
     eval_reference_split: str = Field("source_val", description="reference split of the ER line")
-    classifier: DomainClassifierConfig = Field(default_factory=DomainClassifierConfig)
+    classifier: DomainClassifierConfig = Field(
+        None, description="domain classifier (default: cnn:small on CPU, CLIP ViT-L/14 LAION-2B LP-FT on CUDA)")
     folds: int = Field(DEFAULT_FOLDS, ge=2, description="cross-fitting folds (GroupKFold when the shifted set has groups)")
     epsilons: tuple[float, ...] = Field(EPSILONS, description="ε values whose split sizes are tabulated")
     epsilon: float = Field(DEFAULT_EPSILON, description="ε of the stored split (0.2: paper; 0.1: released notebook)")
@@ -48,6 +49,14 @@ class SplitConfig(BaseModel):
     baseline_group: str = Field("baseline", description="group whose models define the ER line")
     examples_per_row: int = Field(8, ge=0, le=32, description="images per row of the example grid")
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classifier_for_device(cls, values: Any) -> Any:
+        # Without an explicit classifier, the device decides: the paper's CLIP LP-FT on CUDA, a small CNN on CPU.
+        if isinstance(values, dict) and values.get("classifier") is None:
+            values = {**values, "classifier": default_classifier(str(values.get("device") or "cpu"))}
+        return values
 
     @field_validator("epsilons")
     @classmethod

@@ -149,7 +149,7 @@ class Store:
     def experiments(self) -> list[str]:
         if not self.root.exists():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
