@@ -118,6 +118,7 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
     cache_dir = config.resolved_cache_dir()
 
     ensure_baseline(config, store, name, cache_dir)
+    warn_if_mixing(exp, config)
     exp.write_config(config, name="finetune")
     info = split_info(spec, "source_train", cache_dir)
     class_names = zero_shot_class_names(config.dataset, info.class_names)
@@ -175,6 +176,24 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
         "models": model_ids,
         "report": str(exp.report_path) if config.report else None,
     }
+
+
+_RUN_ONLY_FIELDS = {"device", "num_workers", "eval_batch_size", "report", "store", "cache_dir"}
+
+
+def warn_if_mixing(exp, config: FinetuneConfig) -> None:
+    """Models of every run share their strategy's group: say so when this experiment was fine-tuned differently before."""
+    from lib.store import to_jsonable
+
+    path = exp.root / "finetune.json"
+    if not path.exists():
+        return
+    before = {k: v for k, v in exp.read_config("finetune").items() if k not in _RUN_ONLY_FIELDS}
+    now = {k: v for k, v in to_jsonable(config).items() if k not in _RUN_ONLY_FIELDS}
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        print(f"WARNING: experiment {exp.name!r} already holds models fine-tuned with other settings ({', '.join(changed)} "
+              "differ); their groups are shared, so the ER report pools them. Use --experiment NAME for a separate experiment.")
 
 
 def zero_shot_class_names(dataset: str, names: list[str] | None) -> list[str]:
