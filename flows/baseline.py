@@ -125,9 +125,13 @@ def synthetic_shift_baseline(config: BaselineConfig) -> str:
     cache_dir = str(Path(config.resolved_cache_dir()).expanduser().resolve())
 
     # Every split once, up front, so parallel training tasks never race to write the same .beton.
-    written = [write_split.submit(spec, split, cache_dir) for split in spec.splits()]
-    wait(written)
-    print(f"experiment {exp.root}: " + ", ".join(f"{w['split']} {w['examples']}" for w in (f.result() for f in written)))
+    futures = [write_split.submit(spec, split, cache_dir) for split in spec.splits()]
+    wait(futures)
+    written = [f.result() for f in futures]
+    # Drop the handles: a Dask future that is still referenced is recomputed when its worker dies,
+    # and re-checking finished .beton files on a fresh (pre-empted) worker costs tens of seconds.
+    del futures
+    print(f"experiment {exp.root}: " + ", ".join(f"{w['split']} {w['examples']}" for w in written))
 
     splits = ["source_val", *spec.target_splits()]
     runs = config.runs(spec.baseline_epochs_factor)

@@ -178,7 +178,9 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
     }
 
 
-_RUN_ONLY_FIELDS = {"device", "num_workers", "eval_batch_size", "report", "store", "cache_dir"}
+# Settings that do not change what a group's models are (which groups run, how many copies, where, how fast).
+_RUN_ONLY_FIELDS = {"device", "num_workers", "eval_batch_size", "report", "store", "cache_dir", "models", "strategies",
+                    "same_arch_control", "dfr_split", "baseline"}
 
 
 def warn_if_mixing(exp, config: FinetuneConfig) -> None:
@@ -188,8 +190,13 @@ def warn_if_mixing(exp, config: FinetuneConfig) -> None:
     path = exp.root / "finetune.json"
     if not path.exists():
         return
-    before = {k: v for k, v in exp.read_config("finetune").items() if k not in _RUN_ONLY_FIELDS}
-    now = {k: v for k, v in to_jsonable(config).items() if k not in _RUN_ONLY_FIELDS}
+    def core(d: dict) -> dict:
+        out = {k: v for k, v in d.items() if k not in _RUN_ONLY_FIELDS}
+        if isinstance(out.get("hparams"), dict):
+            out["hparams"] = {k: v for k, v in out["hparams"].items() if k != "copies"}
+        return out
+
+    before, now = core(exp.read_config("finetune")), core(to_jsonable(config))
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         print(f"WARNING: experiment {exp.name!r} already holds models fine-tuned with other settings ({', '.join(changed)} "

@@ -34,11 +34,12 @@ def test_makefile_demo_target_runs_the_demo_command_with_seed_and_store():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 5 minutes on an idle 2-core machine; leave room for a loaded CI runner
 def test_quick_demo_end_to_end_writes_report_tables_artifacts_and_ends_with_the_report_path(prefect_api, askshift, tmp_path):
     store = tmp_path / "store"
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     proc = subprocess.run([askshift, "demo", "--quick", "--store", str(store), "--seed", "3"],
-                          capture_output=True, text=True, env=env, timeout=900)
+                          capture_output=True, text=True, env=env, timeout=1750)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
 
