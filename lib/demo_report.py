@@ -251,6 +251,9 @@ def build_demo_report(config: DemoConfig, seconds: float | None = None,
         "bent baseline trend (shortcut-reliant baselines piling up) can credit a model with ER it does not have. "
         "Intervals are 95%; copies are aggregated as mean +- 1.96 SE.",
         "",
+        *(["**This is the quick smoke variant** (few, short runs; a barely pre-trained model): it checks that "
+            "everything runs, its numbers are not the experiment's finding. Run `askshift demo` for that.", ""]
+          if config.quick else []),
         "## Summary",
         "",
         "ER per group (mean over copies) with the 95% interval that includes the fitted line's band (the verdicts "

@@ -47,3 +47,14 @@ def prefect_api():
 def askshift():
     """Path of the ``askshift`` console script (for subprocess tests of the CLI)."""
     return askshift_exe()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch work on one thread: on a busy 2-core machine two threads are slower than one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -17,12 +17,7 @@ from lib.store import ExperimentStore, atomic_save_torch
 from lib.training import TrainConfig, train_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Batches(list):

@@ -15,12 +15,7 @@ TINY_CLIP = "askshift-test-tiny-clip"
 TINY_VIT = dict(patch_size=8, depth=1, embed_dim=32, num_heads=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
