@@ -172,6 +172,7 @@ class DemoConfig(BaseModel):
 
 QUICK_OVERRIDES: dict = dict(
     include_extra=False,
+    control=False,  # the smoke test checks the plumbing; the control matters for the full run's reading
     baseline_widths=(1.0,),
     baseline_fractions=(1.0, 0.4, 0.15),
     baseline_epochs=3,

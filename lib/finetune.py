@@ -357,9 +357,17 @@ def finetune_run(
     atomic_write_json(exp.run_dir(run_id) / "config.json", run)
     loader_config = LoaderConfig(batch_size=run.train.batch_size, num_workers=num_workers, device=device)
 
+    loader = None
+
+    # One loader per run, re-seeded each epoch: building an FFCV Loader compiles its pipeline (seconds),
+    # while an epoch of a small model on a small set takes less than that.
     def make_loader(epoch: int) -> Iterable:
-        return split_loader(spec, "source_train", cache_dir, loader_config, train=True,
-                            seed=epoch_seed(run.train.seed, epoch))
+        nonlocal loader
+        if loader is None:
+            loader = split_loader(spec, "source_train", cache_dir, loader_config, train=True,
+                                  seed=epoch_seed(run.train.seed, 0))
+        loader.set_epoch(epoch)
+        return loader
 
     seed_everything(run.train.seed)  # a new head (and a scratch model) follows the seed
     model = build_initial_model(run, info.num_classes, exp)
@@ -382,11 +390,14 @@ def _read_done(exp: ExperimentStore, run_id: str) -> dict:
 
 def reference_accuracy(model, spec, cache_dir, device, batch_size: int = 512, num_workers: int = 1) -> float:
     """Accuracy on ``source_val`` (what the learning rate is selected by)."""
-    from lib.evaluation import predict
-    from lib.loaders import LoaderConfig, split_loader
+    from lib.evaluation import eval_loader, predict
+    from lib.loaders import LoaderConfig
 
-    loader = split_loader(spec, "source_val", cache_dir, LoaderConfig(batch_size=batch_size, num_workers=num_workers, device=device), train=False)
-    logits, labels, _ = predict(model, loader, device)
+    # The cached evaluation loader: every run of a sweep reads the same split.
+    loader, lock = eval_loader(spec, "source_val", cache_dir,
+                               LoaderConfig(batch_size=batch_size, num_workers=num_workers, device=device))
+    with lock:
+        logits, labels, _ = predict(model, loader, device)
     return float((logits.argmax(1) == labels).mean())
 
 
