@@ -227,7 +227,7 @@ def build_demo_report(config: DemoConfig, seconds: float | None = None,
     models_path = demo_exp.write_table(MODELS_TABLE, models, config=config_json)
 
     summary = summary_lines(table, shifts)
-    readings = [f"- **{s.name}** ({s.support}-of-support): {shift_reading(table.filter(pl.col('shift') == s.name).to_dicts(), s)}"
+    readings = [f"- **{s.name}** ({'in-support' if s.support == 'in' else 'out-of-support'}): {shift_reading(table.filter(pl.col('shift') == s.name).to_dicts(), s)}"
                 for s in shifts if table.filter(pl.col("shift") == s.name).height]
     n_models = sum(counts.values())
     intro = [
