@@ -340,9 +340,9 @@ def finetune_run(
 
     Finished runs (a ``done`` marker) are not trained again; their stored outcome is returned.
     """
-    from lib.loaders import LoaderConfig, split_info, split_loader
+    from lib.loaders import LoaderConfig, split_info
     from lib.specs import get_spec
-    from lib.training import epoch_seed, resolve_device, seed_everything, train_model
+    from lib.training import epoch_loader_factory, resolve_device, seed_everything, train_model
 
     run_id = run.run_id()
     if exp.is_done(run_id):
@@ -357,17 +357,7 @@ def finetune_run(
     atomic_write_json(exp.run_dir(run_id) / "config.json", run)
     loader_config = LoaderConfig(batch_size=run.train.batch_size, num_workers=num_workers, device=device)
 
-    loader = None
-
-    # One loader per run, re-seeded each epoch: building an FFCV Loader compiles its pipeline (seconds),
-    # while an epoch of a small model on a small set takes less than that.
-    def make_loader(epoch: int) -> Iterable:
-        nonlocal loader
-        if loader is None:
-            loader = split_loader(spec, "source_train", cache_dir, loader_config, train=True,
-                                  seed=epoch_seed(run.train.seed, 0))
-        loader.set_epoch(epoch)
-        return loader
+    make_loader = epoch_loader_factory(spec, "source_train", cache_dir, loader_config, run.train.seed)
 
     seed_everything(run.train.seed)  # a new head (and a scratch model) follows the seed
     model = build_initial_model(run, info.num_classes, exp)

@@ -412,6 +412,28 @@ def subset_indices(candidates: np.ndarray | int, fraction: float, seed: int) -> 
     return np.sort(candidates[rng.permutation(len(candidates))[:k]]).astype(np.int64)
 
 
+def epoch_loader_factory(spec: Any, split: str, cache_dir: str | Path, loader_config: Any, seed: int,
+                         indices: np.ndarray | None = None) -> Callable[[int], Iterable]:
+    """``make_loader(epoch)`` for :func:`train_model` that builds one training loader lazily and re-seeds it per epoch.
+
+    One FFCV Loader per run (building one compiles its pipeline: seconds); each epoch's order is FFCV's
+    permutation for (base seed + epoch), so a resumed run sees the same batches.
+    """
+    from lib.loaders import split_loader
+
+    loader = None
+
+    def make_loader(epoch: int) -> Iterable:
+        nonlocal loader
+        if loader is None:
+            loader = split_loader(spec, split, cache_dir, loader_config, train=True, indices=indices,
+                                  seed=epoch_seed(seed, 0))
+        loader.set_epoch(epoch)
+        return loader
+
+    return make_loader
+
+
 def train_run(
     exp: ExperimentStore,
     run: RunConfig,
@@ -424,7 +446,7 @@ def train_run(
 
     Returns the model ids.  A run already marked done is not trained again.
     """
-    from lib.loaders import LoaderConfig, split_info, split_loader
+    from lib.loaders import LoaderConfig, split_info
     from lib.models import build_model
     from lib.specs import get_spec
 
@@ -442,17 +464,7 @@ def train_run(
     loader_config = LoaderConfig(batch_size=run.train.batch_size, num_workers=num_workers, flip=run.flip,
                                  translate=run.translate, device=device)
 
-    loader = None
-
-    def make_loader(epoch: int) -> Iterable:
-        # One FFCV Loader per run (building one compiles its pipeline: seconds); each epoch's order is
-        # FFCV's permutation for (base seed + epoch), so a resumed run sees the same batches.
-        nonlocal loader
-        if loader is None:
-            loader = split_loader(spec, "source_train", cache_dir, loader_config, train=True, indices=indices,
-                                  seed=epoch_seed(run.train.seed, 0))
-        loader.set_epoch(epoch)
-        return loader
+    make_loader = epoch_loader_factory(spec, "source_train", cache_dir, loader_config, run.train.seed, indices)
 
     with _INIT_LOCK:  # the global RNGs are shared by threads: initial weights must follow this run's seed only
         seed_everything(run.train.seed)
