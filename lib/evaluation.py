@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -79,29 +77,12 @@ def load_registered_model(exp: ExperimentStore, model_id: str) -> nn.Module:
     return load_model_weights(model, checkpoint_of(exp, record))
 
 
-# Evaluation loaders are cached per process: building an FFCV Loader compiles its pipeline (seconds), while
-# a pass over a small split takes milliseconds, and prediction tasks of one flow often read the same split.
-_LOADERS: OrderedDict[tuple, tuple[Any, threading.Lock]] = OrderedDict()
-_LOADERS_LOCK = threading.Lock()
-MAX_CACHED_LOADERS = 8
+def eval_loader(spec: Any, split: str, cache_dir: str | Path, config: Any):
+    """A sequential loader of ``split`` (a context manager: its compiled FFCV loader goes back to
+    ``lib.loaders.LOADER_POOL`` on exit, so the next prediction on this file does not compile again)."""
+    from lib.loaders import split_loader
 
-
-def eval_loader(spec: Any, split: str, cache_dir: str | Path, config: Any) -> tuple[Any, threading.Lock]:
-    """A (cached) sequential loader of ``split`` and the lock to hold while iterating it (tasks may share it)."""
-    from lib.loaders import split_info, split_loader
-
-    beton = split_info(spec, split, cache_dir).path  # a rewritten .beton gets a new entry
-    key = (spec.model_dump_json(), split, str(Path(cache_dir).resolve()), config.model_dump_json(), str(beton))
-    with _LOADERS_LOCK:
-        if key in _LOADERS:
-            _LOADERS.move_to_end(key)
-            return _LOADERS[key]
-    entry = (split_loader(spec, split, cache_dir, config, train=False), threading.Lock())
-    with _LOADERS_LOCK:
-        entry = _LOADERS.setdefault(key, entry)
-        while len(_LOADERS) > MAX_CACHED_LOADERS:
-            _LOADERS.popitem(last=False)
-    return entry
+    return split_loader(spec, split, cache_dir, config, train=False)
 
 
 def predict_to_store(
@@ -120,7 +101,7 @@ def predict_to_store(
     """Predict each of ``model_ids`` (registered models, or ``model`` for a single id) on ``split`` of ``spec``
     and store the logits per (model, split).
 
-    One cached loader serves every model (see ``eval_loader``).  Models whose predictions exist are skipped
+    One loader serves every model (its compiled pipeline is pooled, see ``eval_loader``).  Models whose predictions exist are skipped
     unless ``overwrite``.  Example groups (WILDS domains, ...) come from the split's metadata when it has them.
     """
     from lib.loaders import LoaderConfig, split_info
@@ -132,14 +113,13 @@ def predict_to_store(
     if todo:
         device = resolve_device(device)
         config = LoaderConfig(batch_size=batch_size, num_workers=num_workers, device=str(device))
-        loader, lock = eval_loader(spec, split, cache_dir, config)
         groups = split_info(spec, split, cache_dir).groups
-        for model_id in todo:
-            net = model if model is not None else load_registered_model(exp, model_id)
-            with lock:
+        with eval_loader(spec, split, cache_dir, config) as loader:
+            for model_id in todo:
+                net = model if model is not None else load_registered_model(exp, model_id)
                 logits, labels, indices = predict(net, loader, device, amp=amp)
-            exp.write_predictions(model_id, split, logits, labels, indices,
-                                  np.asarray(groups)[indices] if groups is not None else None)
+                exp.write_predictions(model_id, split, logits, labels, indices,
+                                      np.asarray(groups)[indices] if groups is not None else None)
     return [exp.predictions_path(m, split) for m in model_ids]
 
 

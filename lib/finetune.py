@@ -383,10 +383,9 @@ def reference_accuracy(model, spec, cache_dir, device, batch_size: int = 512, nu
     from lib.evaluation import eval_loader, predict
     from lib.loaders import LoaderConfig
 
-    # The cached evaluation loader: every run of a sweep reads the same split.
-    loader, lock = eval_loader(spec, "source_val", cache_dir,
-                               LoaderConfig(batch_size=batch_size, num_workers=num_workers, device=device))
-    with lock:
+    # Every run of a sweep reads the same split: the pooled loader compiles once.
+    with eval_loader(spec, "source_val", cache_dir,
+                     LoaderConfig(batch_size=batch_size, num_workers=num_workers, device=device)) as loader:
         logits, labels, _ = predict(model, loader, device)
     return float((logits.argmax(1) == labels).mean())
 

@@ -12,6 +12,8 @@ keyed by (seed, epoch, example index), so a resumed run sees the same augmentati
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -228,6 +230,77 @@ def augment(images: torch.Tensor, indices: torch.Tensor, config: LoaderConfig, s
     return images
 
 
+# --- compiled FFCV loaders, reused -----------------------------------------------------------------------------
+# Building an FFCV Loader generates its pipeline code, which numba compiles on the first pass: about a second on
+# two cores, longer than an epoch of a small split.  A miniature experiment builds dozens of loaders over the same
+# two or three .beton files, so a loader freed by one run (or prediction) is kept and re-pointed at the next
+# one's examples and seed rather than rebuilt.  Only what the compiled pipeline depends on is in the key: the file,
+# the decoding / device settings and the batch size; order, indices, seed and drop_last are set per use.
+
+_POOL_ENV = "ASKSHIFT_LOADER_POOL"  # "0" builds every loader afresh (benchmarks, debugging)
+_PIPELINE_FIELDS = ("batch_size", "num_workers", "decoder", "resolution", "device", "channels_last",
+                    "center_crop_ratio", "batches_ahead")
+
+
+@dataclass
+class PoolStats:
+    built: int = 0
+    reused: int = 0
+
+
+class LoaderPool:
+    """Idle FFCV Loaders by (file, pipeline, train); a loader is used by one SplitLoader at a time."""
+
+    def __init__(self, max_idle_per_key: int = 2):
+        self._idle: dict[tuple, list] = {}
+        self._lock = threading.Lock()
+        self.max_idle_per_key = max_idle_per_key
+        self.stats = PoolStats()
+
+    @staticmethod
+    def enabled() -> bool:
+        return os.environ.get(_POOL_ENV, "1") != "0"
+
+    @staticmethod
+    def key(beton_path: Path, config: LoaderConfig, train: bool) -> tuple:
+        stat = os.stat(beton_path)  # a rewritten file is another key
+        fields = tuple(getattr(config, name) for name in _PIPELINE_FIELDS)
+        return (str(beton_path), stat.st_ino, stat.st_size, stat.st_mtime_ns, fields, bool(train))
+
+    def take(self, key: tuple):
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                self.stats.reused += 1
+                return idle.pop()
+            self.stats.built += 1
+            return None
+
+    def give_back(self, key: tuple, loader) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.max_idle_per_key:
+                idle.append(loader)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._idle.clear()
+
+
+LOADER_POOL = LoaderPool()
+
+
+def _repoint(loader, indices: np.ndarray, seed: int, drop_last: bool) -> None:
+    """Point a compiled FFCV Loader at other examples and another seed (what its constructor would have set)."""
+    loader.indices = np.array(indices)
+    loader.seed = seed
+    loader.drop_last = drop_last
+    loader.traversal_order.indices = loader.indices
+    loader.traversal_order.seed = seed
+    loader.next_epoch = 0
+    loader.first_traversal_order = loader.next_traversal_order()
+
+
 class SplitLoader:
     """Iterable over ``(images, labels, indices)`` batches of one experiment split; ``len()`` = batches per epoch."""
 
@@ -244,32 +317,52 @@ class SplitLoader:
         self.num_classes = self.beton.num_classes
         dist = self.distribution
         self.shift = make_shift(dist.shift, self.num_classes, dist.shift_params) if dist.shift else None
-        pipelines = {
-            "image": _image_pipeline(config, train, _stored_shape(self.beton)),
-            "label": _int_pipeline(config),
-            "index": _int_pipeline(config),
-        }
         workers = config.num_workers or os.cpu_count() or 1
         # Dropping the last partial batch would leave a tiny training set with no batch at all.
         drop_last = train and len(self.indices) >= config.batch_size
+        pooled = LoaderPool.enabled()
+        key = LoaderPool.key(self.beton.path, config, train) if pooled else None
         threads = torch.get_num_threads()
-        self.loader = Loader(
-            str(self.beton.path),
-            batch_size=config.batch_size,
-            num_workers=workers,
-            order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
-            seed=self.seed,
-            indices=self.indices,
-            pipelines=pipelines,
-            drop_last=drop_last,
-            batches_ahead=config.batches_ahead,
-        )
+        loader = LOADER_POOL.take(key) if pooled else None
+        if loader is not None:
+            _repoint(loader, self.indices, self.seed, drop_last)
+        else:
+            pipelines = {
+                "image": _image_pipeline(config, train, _stored_shape(self.beton)),
+                "label": _int_pipeline(config),
+                "index": _int_pipeline(config),
+            }
+            loader = Loader(
+                str(self.beton.path),
+                batch_size=config.batch_size,
+                num_workers=workers,
+                order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
+                seed=self.seed,
+                indices=self.indices,
+                pipelines=pipelines,
+                drop_last=drop_last,
+                batches_ahead=config.batches_ahead,
+            )
         torch.set_num_threads(threads)
+        self.loader = loader
+        # Back to the pool when this SplitLoader is closed or garbage-collected.
+        self._release = weakref.finalize(self, LOADER_POOL.give_back, key, loader) if pooled else None
         self.epoch = 0
 
     @property
     def num_examples(self) -> int:
         return len(self.indices)
+
+    def close(self) -> None:
+        """Hand the compiled FFCV loader back to the pool now (also done when this object is garbage-collected)."""
+        if self._release is not None:
+            self._release()
+
+    def __enter__(self) -> "SplitLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def set_epoch(self, epoch: int) -> None:
         """Start the next pass at ``epoch`` (order and augmentations of a resumed run match an uninterrupted one)."""
@@ -307,4 +400,4 @@ def split_loader(spec: ExperimentSpec, split: str, cache_dir: str | Path, config
     return SplitLoader(spec, split, cache_dir, config, train, indices=indices, seed=seed)
 
 
-__all__ = ["LoaderConfig", "SplitInfo", "SplitLoader", "augment", "kept_examples", "split_beton", "split_info", "split_loader"]
+__all__ = ["LOADER_POOL", "LoaderPool", "LoaderConfig", "SplitInfo", "SplitLoader", "augment", "kept_examples", "split_beton", "split_info", "split_loader"]
