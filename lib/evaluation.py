@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lib.store import ExperimentStore
-from lib.training import load_model_weights, resolve_device
+from lib.training import load_model_weights, place_images, place_model, resolve_device
 
 
 @torch.no_grad()
@@ -25,12 +25,12 @@ def predict(
     device = resolve_device(device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if device.type == "cuda" else None
     was_training = model.training
-    model.to(device).eval()
+    place_model(model, device).eval()
     logits, labels, indices = [], [], []
     seen = 0
     try:
         for batch in loader:
-            images = batch[0].to(device, non_blocking=True)
+            images = place_images(batch[0], device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(images)
             logits.append(out.float().cpu())

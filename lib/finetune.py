@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lib.registry import Registry
 from lib.store import ExperimentStore, atomic_write_json
-from lib.training import TrainConfig
+from lib.training import TrainConfig, place_images, place_model
 
 PAPER_LR_GRID: tuple[float, ...] = (3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
 
@@ -420,11 +420,11 @@ def extract_features(model, loader: Iterable, device: str | torch.device = "cpu"
     """Backbone features, labels and example indices of every batch ``loader`` yields (eval mode)."""
     device = torch.device(device)
     was_training = model.training
-    model.to(device).eval()
+    place_model(model, device).eval()
     feats, labels, indices, seen = [], [], [], 0
     try:
         for batch in loader:
-            x = batch[0].to(device)
+            x = place_images(batch[0], device)
             feats.append(model.features(x).float().cpu())
             labels.append(batch[1].reshape(-1).long().cpu())
             indices.append(batch[2].reshape(-1).long().cpu() if len(batch) > 2 else torch.arange(seen, seen + len(x)))

@@ -26,6 +26,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from lib.training import place_images, place_model
+
 # Letters whose glyphs resemble a digit in some font (O/0, I/l/1, S/5, Z/2, B/8, b/6, g/q/9, G/6, T/7)
 # are left out so the corpus is disjoint from the digits task in shape, not only in label.
 EXCLUDED = set("OoIilSsZzBbgqGTt")
@@ -242,7 +244,7 @@ def pretrain(
     start = time.time()
     torch.manual_seed(config.seed)
     corpus, fonts = make_corpus(config)
-    model = build_model(config.model, corpus.num_classes, img_size=config.image_size).to(device)
+    model = place_model(build_model(config.model, corpus.num_classes, img_size=config.image_size), device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, config.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -257,7 +259,7 @@ def pretrain(
     running = 0.0
     for step in range(config.steps):
         x, y = corpus.batch(step, config.batch_size)
-        x, y = x.to(device), y.to(device)
+        x, y = place_images(x, device), y.to(device)
         loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -295,7 +297,7 @@ def evaluate_corpus(model: nn.Module, corpus: GlyphCorpus, config: PretrainConfi
     correct = total = 0
     for k in range(config.val_batches):
         x, y = corpus.batch(-1 - k, config.batch_size)
-        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+        correct += (model(place_images(x, device)).argmax(1).cpu() == y).sum().item()
         total += len(y)
     model.train()
     return correct / max(1, total)

@@ -104,7 +104,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    """Write ``obj`` as JSON atomically; a file that already holds exactly this JSON is left untouched, so its
+    mtime says when its content last changed (what staleness checks of derived tables compare against)."""
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n"
+    try:
+        if Path(path).read_text() == text:
+            return Path(path)
+    except (OSError, UnicodeDecodeError):
+        pass
+    return atomic_write_text(path, text)
 
 
 def atomic_write_parquet(path: str | os.PathLike, df: Any) -> Path:

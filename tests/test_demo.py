@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import polars as pl
@@ -33,14 +35,38 @@ def test_makefile_demo_target_runs_the_demo_command_with_seed_and_store():
     assert first_command.split()[:2] == ["make", "demo"]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)  # about 5 minutes on an idle 2-core machine; leave room for a loaded CI runner
-def test_quick_demo_end_to_end_writes_report_tables_artifacts_and_ends_with_the_report_path(prefect_api, askshift, tmp_path):
-    store = tmp_path / "store"
+SEED = 3
+
+
+def run_quick_demo(askshift: str, prefect_api: str, store: Path) -> tuple[subprocess.CompletedProcess, float]:
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    proc = subprocess.run([askshift, "demo", "--quick", "--store", str(store), "--seed", "3"],
+    started = time.monotonic()
+    proc = subprocess.run([askshift, "demo", "--quick", "--store", str(store), "--seed", str(SEED)],
                           capture_output=True, text=True, env=env, timeout=1750)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def quick_demo(prefect_api, tmp_path_factory):
+    """`askshift demo --quick --seed 3` once, in a clean store (the README's first command, quick variant)."""
+    from conftest import askshift_exe
+
+    askshift = askshift_exe()
+    store = tmp_path_factory.mktemp("demo") / "store"
+    proc, seconds = run_quick_demo(askshift, prefect_api, store)
+    print(f"quick demo: {seconds:.0f} s")
+    return {"store": store, "proc": proc, "seconds": seconds, "askshift": askshift, "api": prefect_api}
+
+
+def snapshot(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 2.5 minutes on an idle 2-core machine; leave room for a loaded CI runner
+def test_quick_demo_end_to_end_writes_report_tables_artifacts_and_ends_with_the_report_path(quick_demo):
+    store, proc = quick_demo["store"], quick_demo["proc"]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
 
     # The last line printed is the report's path; the report embeds plots that exist.
@@ -73,6 +99,48 @@ def test_quick_demo_end_to_end_writes_report_tables_artifacts_and_ends_with_the_
     assert artifacts["demo-report"].type == "markdown" and "data:image/png;base64," in artifacts["demo-report"].data
     rows = json.loads(artifacts["demo-er"].data)
     assert {(r["shift"], r["group"]) for r in rows} == {(s, g) for s in QUICK_SHIFTS for g in GROUPS}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rerun_with_the_same_seed_and_store_retrains_nothing_and_rebuilds_only_the_report(quick_demo):
+    store = quick_demo["store"]
+    # Trained and predicted things: checkpoints, fold scores of the domain classifier, registrations, predictions,
+    # .beton files, the pre-trained checkpoint.  Tables, plots and reports are rebuilt from them.
+    kept = ("/runs/", "/predictions/", "/models/", "/_cache/")
+    trained = {p: t for p, t in snapshot(store).items() if any(k in str(p) for k in kept) and p.suffix != ".lock"}
+    assert len(trained) > 100
+    report = store / "demo" / "report.md"
+    report_written = report.stat().st_mtime_ns
+    table = pl.read_parquet(store / "demo" / "tables" / "demo_er.parquet")
+    proc, seconds = run_quick_demo(quick_demo["askshift"], quick_demo["api"], store)
+    print(f"quick demo, everything cached but the report: {seconds:.0f} s")
+    assert proc.stdout.strip().splitlines()[-1] == str(report.resolve())
+    after = {p: t for p, t in snapshot(store).items() if p in trained}
+    assert after == trained, "a cached run, prediction or .beton was rewritten"
+    assert report.stat().st_mtime_ns > report_written
+    assert pl.read_parquet(store / "demo" / "tables" / "demo_er.parquet").equals(table)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_same_seed_in_a_fresh_store_gives_the_same_tables(quick_demo, tmp_path):
+    """Deterministic with --seed: every model retrained from scratch (only the digits .beton files are copied,
+    they are checked against their manifest) gives the same ER table and per-model table, bit for bit."""
+    store = tmp_path / "store"
+    shutil.copytree(quick_demo["store"] / "_cache" / "digits", store / "_cache" / "digits")
+    run_quick_demo(quick_demo["askshift"], quick_demo["api"], store)
+    # Model ids end in a hash of the run's config, which names the mixed shift's data file by its path in the
+    # store: the same model in another store has another suffix.
+    unhashed = pl.col("model").str.replace(r"-[0-9a-f]{6}$", "")
+    for name in ("demo_er", "demo_models"):
+        first = pl.read_parquet(quick_demo["store"] / "demo" / "tables" / f"{name}.parquet")
+        again = pl.read_parquet(store / "demo" / "tables" / f"{name}.parquet")
+        if "model" in first.columns:
+            first, again = first.with_columns(unhashed), again.with_columns(unhashed)
+        assert again.columns == first.columns and again.height == first.height
+        differing = [c for c in first.columns if not again[c].equals(first[c])]
+        assert not differing, f"{name}: columns {differing} differ between two runs of seed {SEED}"
 
 
 # --- pieces (fast) ------------------------------------------------------------------------------------------------
