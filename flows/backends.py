@@ -31,6 +31,26 @@ UNREACHABLE_API = ("SLURM workers on other nodes cannot reach a temporary Prefec
                    "server) and export PREFECT_API_URL=http://<address>:<port>/api before running the flow")
 
 
+class BackendError(ValueError):
+    """A backend choice that cannot work: the message says what to change."""
+
+
+def check_backend_choice(backend: str, profile: str | None) -> None:
+    """Raise ``BackendError`` unless ``backend`` is known and has a cluster profile exactly when it needs one.
+
+    The messages name both spellings: ``--backend``/``--profile`` on the command line, ``execution`` in a deployment.
+    """
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "slurm" and not profile:
+        raise BackendError("backend slurm needs a cluster profile (--profile FILE, or execution.profile in a "
+                           "deployment): deployments/slurm-local.yaml for the test cluster, "
+                           "deployments/slurm-gpu.yaml as a template for a GPU cluster")
+    if profile and backend != "slurm":
+        raise BackendError(f"a cluster profile applies to backend slurm only (got backend {backend}): choose "
+                           "backend slurm or leave the profile out")
+
+
 def _runner_classes():
     """DaskTaskRunner subclass that turns the ``gpu`` tag into a Dask resource request (imported lazily)."""
     import dask
@@ -65,8 +85,9 @@ def dask_task_runner(**kwargs: Any):
 def make_task_runner(backend: str = "local", profile: str | None = None, *, dask_workers: int | None = None):
     """The Prefect task runner for ``backend``; ``profile`` (a cluster profile YAML) is required for ``slurm``.
 
-    Export the Prefect API to workers first (``shared_prefect_api``); ``task_runner_from_args`` does both.
+    Export the Prefect API to workers first (``shared_prefect_api``); ``backend_task_runner`` does both.
     """
+    check_backend_choice(backend, profile)
     if backend == "local":
         from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -79,24 +100,21 @@ def make_task_runner(backend: str = "local", profile: str | None = None, *, dask
         # LocalCluster's nannies live in this process, whose Dask config was read at import: set it here too.
         dask.config.set({"distributed.worker.daemon": False})
         workers = dask_workers or max(1, min(4, os.cpu_count() or 1))
+        # An explicit preload list replaces Dask's configured one (distributed.worker.preload): keep the site's too.
+        preload = [WORKER_PRELOAD, *(dask.config.get("distributed.worker.preload", None) or [])]
         return dask_task_runner(
             cluster_class="distributed.LocalCluster",
             cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                            "host": "127.0.0.1", "dashboard_address": None, "preload": [WORKER_PRELOAD]},
+                            "host": "127.0.0.1", "dashboard_address": None, "preload": preload},
         )
-    if backend == "slurm":
-        if not profile:
-            raise ValueError("--backend slurm needs --profile FILE (see deployments/slurm-local.yaml, "
-                             "deployments/slurm-gpu.yaml)")
-        from lib.cluster import load_profile
+    from lib.cluster import load_profile  # backend == "slurm"
 
-        cluster_profile = load_profile(profile)
-        return dask_task_runner(
-            cluster_class="dask_jobqueue.SLURMCluster",
-            cluster_kwargs=cluster_profile.cluster_kwargs(extra_env={**_DASK_ENV, **_api_env()}),
-            adapt_kwargs=cluster_profile.adapt_kwargs(),
-        )
-    raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    cluster_profile = load_profile(profile)
+    return dask_task_runner(
+        cluster_class="dask_jobqueue.SLURMCluster",
+        cluster_kwargs=cluster_profile.cluster_kwargs(extra_env={**_DASK_ENV, **_api_env()}),
+        adapt_kwargs=cluster_profile.adapt_kwargs(),
+    )
 
 
 def _api_env() -> dict[str, str]:
@@ -110,13 +128,6 @@ def _api_env() -> dict[str, str]:
     return {"PREFECT_API_URL": url}
 
 
-def _profile_is_loopback(profile: str | None) -> bool:
-    if not profile:
-        return True
-    from lib.cluster import load_profile
-
-    p = load_profile(profile)
-    return p.interface == "lo" or (p.scheduler_host or "").startswith("127.")
 
 
 @contextlib.contextmanager
@@ -141,8 +152,10 @@ def shared_prefect_api(loopback_only: bool = True) -> Iterator[str]:
         raise RuntimeError(UNREACHABLE_API)
     from prefect.server.api.server import SubprocessASGIServer
 
-    # The same singleton Prefect would start lazily in ephemeral mode, started now so workers get its URL.
+    # The same singleton Prefect would start lazily in ephemeral mode, started now so workers get its URL. Already
+    # running (this is a subflow of a flow that started it): the outer flow still needs it, leave it running.
     server = SubprocessASGIServer()
+    started_here = not server.running
     server.start()
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
@@ -151,12 +164,14 @@ def shared_prefect_api(loopback_only: bool = True) -> Iterator[str]:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
-        _drain_prefect_workers()
+        if started_here:
+            drain_prefect_workers()
         _restore_env("PREFECT_API_URL", previous)
-        server.stop()
+        if started_here:
+            server.stop()
 
 
-def _drain_prefect_workers() -> None:
+def drain_prefect_workers() -> None:
     """Send queued logs and events while the server still runs (else the exit hangs retrying a dead server)."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
@@ -176,37 +191,49 @@ def _restore_env(key: str, previous: str | None) -> None:
 
 
 @contextlib.contextmanager
-def task_runner_from_args(args: argparse.Namespace) -> Iterator[Any]:
-    """Yield the task runner for ``args.backend`` / ``args.profile``, with the Prefect API shared with workers."""
-    from flows.cli import CliError
-    from lib.cluster import ClusterProfileError
+def backend_task_runner(backend: str = "local", profile: str | None = None, *,
+                        dask_workers: int | None = None) -> Iterator[Any]:
+    """Yield the task runner for ``backend``, with the Prefect API shared with its workers while it is used.
 
-    backend = getattr(args, "backend", "local") or "local"
-    profile = getattr(args, "profile", None)
-    if backend == "slurm" and not profile:
-        raise CliError("--backend slurm needs --profile FILE (deployments/slurm-local.yaml for the test cluster, "
-                       "deployments/slurm-gpu.yaml as a template for a GPU cluster)")
-    if profile and backend != "slurm":
-        raise CliError(f"--profile applies to --backend slurm only (got --backend {backend})")
+    Everything that can be checked is checked before any cluster starts: the backend/profile combination, the
+    profile itself, whether SLURM would accept its worker job (``sbatch --test-only``), and whether workers on
+    other nodes can reach the Prefect API. Each problem raises ``BackendError`` or ``ClusterProfileError`` (both
+    ``ValueError``) with one line saying what to change.
+    """
+    check_backend_choice(backend, profile)
     if backend == "local":
         yield make_task_runner("local")
         return
-    try:
-        if backend == "slurm":
-            from lib.cluster import check_submission, load_profile
+    loopback = True
+    if backend == "slurm":
+        from lib.cluster import check_submission, load_profile
 
-            # A job sbatch rejects would fail inside dask-jobqueue's adaptive loop and the flow would hang.
-            check_submission(load_profile(profile))
-        loopback = _profile_is_loopback(profile)
-    except ClusterProfileError as exc:
-        raise CliError(str(exc)) from exc
-    from prefect.settings import PREFECT_API_URL
-
+        cluster_profile = load_profile(profile)
+        # A job sbatch rejects would fail inside dask-jobqueue's adaptive loop and the flow would hang.
+        check_submission(cluster_profile)
+        loopback = cluster_profile.interface == "lo" or (cluster_profile.scheduler_host or "").startswith("127.")
     if not loopback:
         from urllib.parse import urlparse
 
+        from prefect.settings import PREFECT_API_URL
+
         host = urlparse(PREFECT_API_URL.value() or "").hostname or ""
         if not host or host == "localhost" or host.startswith("127."):
-            raise CliError(UNREACHABLE_API)
+            raise BackendError(UNREACHABLE_API)
     with shared_prefect_api(loopback_only=loopback):
-        yield make_task_runner(backend, profile)
+        yield make_task_runner(backend, profile, dask_workers=dask_workers)
+
+
+@contextlib.contextmanager
+def task_runner_from_args(args: argparse.Namespace) -> Iterator[Any]:
+    """``backend_task_runner`` for ``--backend`` / ``--profile``; a backend that cannot work is a ``CliError``."""
+    from flows.cli import CliError
+    from lib.cluster import ClusterProfileError
+
+    with contextlib.ExitStack() as stack:
+        try:
+            runner = stack.enter_context(backend_task_runner(getattr(args, "backend", "local") or "local",
+                                                             getattr(args, "profile", None)))
+        except (BackendError, ClusterProfileError) as exc:
+            raise CliError(str(exc)) from exc
+        yield runner  # errors of the flow itself pass through unchanged

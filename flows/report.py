@@ -39,8 +39,9 @@ def report(
     ``report.md``, and publishes artifacts ``<experiment>-er`` and ``<experiment>-er-summary`` (tables) and ``<experiment>-report`` (markdown
     with the plots inlined).  ``fit_range=(lo, hi)`` fixes the comparable-baseline window.
     """
-    result = build_report_task(store, experiment, tuple(fit_range) if fit_range else None, scale, metric,
-                               baseline_group, bootstrap, binomial)
+    # Submitted, not called: the task runner (--backend, a deployment's `execution`) decides where it runs.
+    result = build_report_task.submit(store, experiment, tuple(fit_range) if fit_range else None, scale, metric,
+                                      baseline_group, bootstrap, binomial).result()
     if publish:
         key = artifact_key(experiment)
         if result.summary.height:

@@ -1,7 +1,9 @@
-"""Shared fixtures: offline hub, a session-wide real Prefect API (prefect_test_harness), tiny data."""
+"""Shared fixtures: offline hub, a session-wide real Prefect API (prefect_test_harness), the single-node SLURM cluster."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +18,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+SLURM_SCRIPT = REPO / "deployments" / "slurm" / "local-cluster.sh"
+LOCAL_PROFILE = REPO / "deployments" / "slurm-local.yaml"
+# Dask worker preload recording, inside each worker, which process and SLURM job ran which task.
+PROBE = REPO / "tests" / "slurm_probe.py"
 
 
 def askshift_exe() -> str:
@@ -30,17 +36,10 @@ def prefect_api():
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_test_harness(server_startup_timeout=180), pytest.MonkeyPatch.context() as env:
         url = PREFECT_API_URL.value()
-        previous = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url
-        try:
-            yield url
-        finally:
-            if previous is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = previous
+        env.setenv("PREFECT_API_URL", url)
+        yield url
 
 
 @pytest.fixture
@@ -58,3 +57,41 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def slurm_dir() -> str:
+    """Folder of the single-node SLURM cluster's configuration, state and logs (local-cluster.sh's default)."""
+    return os.environ.get("ASKSHIFT_SLURM_DIR", "/tmp/askshift-slurm")
+
+
+def _missing_slurm() -> str | None:
+    if os.geteuid() != 0:
+        return "the single-node SLURM cluster needs root (slurmd starts jobs as their owner); CI runs as root"
+    missing = [exe for exe in ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
+               if shutil.which(exe) is None and not Path("/usr/sbin", exe).exists()]
+    if missing:
+        return f"SLURM/munge not installed ({', '.join(missing)}): apt-get install slurmctld slurmd slurm-client munge"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """deployments/slurm/local-cluster.sh up for the session; down at the end unless it was already running.
+
+    Tests using it are marked ``slurm``.
+    """
+    reason = _missing_slurm()
+    if reason:
+        pytest.skip(reason)
+    directory = slurm_dir()
+    env = {**os.environ, "ASKSHIFT_SLURM_DIR": directory}
+    was_up = subprocess.run([str(SLURM_SCRIPT), "status", directory], env=env, capture_output=True).returncode == 0
+    up = subprocess.run([str(SLURM_SCRIPT), "up", directory], env=env, capture_output=True, text=True, timeout=180)
+    assert up.returncode == 0, f"local-cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("SLURM_CONF", f"{directory}/slurm.conf")  # sbatch/squeue of this process and its children
+            yield directory
+    finally:
+        if not was_up:
+            subprocess.run([str(SLURM_SCRIPT), "down", directory], env=env, capture_output=True, timeout=120)

@@ -2,61 +2,20 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import LOCAL_PROFILE, PROBE, SLURM_SCRIPT
 
 pytestmark = pytest.mark.slurm
 
-SCRIPT = REPO / "deployments" / "slurm" / "local-cluster.sh"
-LOCAL_PROFILE = REPO / "deployments" / "slurm-local.yaml"
-PROBE = REPO / "tests" / "slurm_probe.py"
-
-
-def _missing_slurm() -> str | None:
-    if os.geteuid() != 0:
-        return "the single-node SLURM cluster needs root (slurmd starts jobs as their owner); CI runs as root"
-    missing = [exe for exe in ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
-               if shutil.which(exe) is None and not Path("/usr/sbin", exe).exists()]
-    if missing:
-        return f"SLURM/munge not installed ({', '.join(missing)}): apt-get install slurmctld slurmd slurm-client munge"
-    return None
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """deployments/slurm/local-cluster.sh up for the session; down at the end unless it was already running."""
-    reason = _missing_slurm()
-    if reason:
-        pytest.skip(reason)
-    directory = os.environ.get("ASKSHIFT_SLURM_DIR", "/tmp/askshift-slurm")
-    env = {**os.environ, "ASKSHIFT_SLURM_DIR": directory}
-    was_up = subprocess.run([str(SCRIPT), "status", directory], env=env, capture_output=True).returncode == 0
-    up = subprocess.run([str(SCRIPT), "up", directory], env=env, capture_output=True, text=True, timeout=180)
-    assert up.returncode == 0, f"local-cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
-    previous_conf = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = f"{directory}/slurm.conf"  # sbatch/squeue of this process and its children
-    try:
-        yield directory
-    finally:
-        if previous_conf is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = previous_conf
-        if not was_up:
-            subprocess.run([str(SCRIPT), "down", directory], env=env, capture_output=True, timeout=120)
-
 
 def test_local_cluster_script_is_idempotent_and_reports_an_idle_node(slurm_cluster):
-    again = subprocess.run([str(SCRIPT), "up", slurm_cluster], capture_output=True, text=True, timeout=60)
+    again = subprocess.run([str(SLURM_SCRIPT), "up", slurm_cluster], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "already up" in again.stdout
     state = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, check=True).stdout
     assert state.split()[0] in ("idle", "mix", "alloc")

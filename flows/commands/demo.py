@@ -89,9 +89,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stop_temporary_prefect_server() -> None:
-    """Stop Prefect's temporary server now, so its goodbye log line cannot follow the report path."""
+    """Stop Prefect's temporary server now, so its goodbye log line cannot follow the report path.
+
+    Queued logs and events are sent first: left for exit, they would be retried against the stopped server
+    for over a minute before the process ends.
+    """
     try:
         from prefect.server.api.server import SubprocessASGIServer
+
+        from flows.backends import drain_prefect_workers
+
+        drain_prefect_workers()
 
         for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
             server.stop()
