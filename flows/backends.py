@@ -59,8 +59,12 @@ def _runner_classes():
     class AskshiftDaskTaskRunner(DaskTaskRunner):
         """prefect-dask's runner; tasks tagged ``gpu`` ask for ``resources={"GPU": 1}`` when workers have GPUs."""
 
+        inherited_gpu_slots: bool | None = None  # set on runners that join another runner's cluster
+
         @property
         def gpu_slots(self) -> bool:
+            if self.inherited_gpu_slots is not None:
+                return self.inherited_gpu_slots
             kwargs = self.cluster_kwargs or {}
             if "GPU" in (kwargs.get("resources") or {}):  # LocalCluster(resources=...)
                 return True
@@ -115,6 +119,29 @@ def make_task_runner(backend: str = "local", profile: str | None = None, *, dask
         cluster_kwargs=cluster_profile.cluster_kwargs(extra_env={**_DASK_ENV, **_api_env()}),
         adapt_kwargs=cluster_profile.adapt_kwargs(),
     )
+
+
+def on_caller_backend(target):
+    """``target`` (a flow) to be called as a nested flow whose tasks go where the calling flow's tasks go.
+
+    Prefect gives every flow its own task runner, so a nested flow would run its tasks in the caller's process
+    even when the caller runs on Dask or SLURM.  When the caller's runner is a Dask runner, the nested flow gets a
+    runner connected to the caller's cluster (started here if no task was submitted yet), with the same GPU-slot
+    rule, so no second cluster or set of SLURM jobs is started.  Otherwise ``target`` is returned as is.
+    """
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
+
+    context = FlowRunContext.get()
+    runner = getattr(context, "task_runner", None)
+    if not isinstance(runner, DaskTaskRunner):
+        return target
+    runner.client  # noqa: B018 -- starts the caller's cluster if no task was submitted yet
+    # prefect-dask's own duplicate() would start a new cluster from the same settings.
+    address = runner._cluster.scheduler_address if runner._cluster is not None else runner.address
+    joined = _runner_classes()(address=address)
+    joined.inherited_gpu_slots = bool(getattr(runner, "gpu_slots", False))
+    return target.with_options(task_runner=joined)
 
 
 def _api_env() -> dict[str, str]:

@@ -168,6 +168,7 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
     Stages: data; pre-training (the local glyph stand-in, cached); per reference distribution the baseline
     flow and the fine-tuning flow; the mixed shift with the split flow; the combined report.
     """
+    from flows.backends import on_caller_backend
     from flows.baseline import synthetic_shift_baseline
     from flows.finetune import pretrain_path, pretrained_finetune
     from flows.split import split_shift
@@ -199,8 +200,9 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
 
         progress.enter("pre-training", "glyph corpus stand-in for CLIP/AugReg (cached after the first run)")
         probe = finetune_config(config, presets[0], config.experiment_name(presets[0]))
-        weights = pretrain_checkpoint(pretrain_config(config), str(pretrain_path(probe, config.baseline_model)),
-                                      device="cpu" if config.device == "auto" else config.device)
+        # Submitted, not called: on a cluster backend the pre-training runs on a (GPU) worker.
+        weights = pretrain_checkpoint.submit(pretrain_config(config), str(pretrain_path(probe, config.baseline_model)),
+                                             device="cpu" if config.device == "auto" else config.device).result()
         _update_progress(artifact, 15.0)
 
         # The report uses exactly the models these flows produced (an experiment folder may also hold models of
@@ -214,18 +216,21 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
             progress.enter("mixed shift and split" if mixed else "shifts",
                            f"{experiment}: baselines, then fine-tuning")
             baseline = baseline_config(config, shift, experiment)
-            synthetic_shift_baseline(baseline)
+            on_caller_backend(synthetic_shift_baseline)(baseline)
             _say(progress.line(f"{experiment}: baselines done, fine-tuning"))
-            finetuned = pretrained_finetune(finetune_config(config, shift, experiment, pretrained=weights))
+            finetuned = on_caller_backend(pretrained_finetune)(
+                finetune_config(config, shift, experiment, pretrained=weights))
             factor = get_spec(shift, dataset=config.dataset).baseline_epochs_factor
             models[experiment] = [run.model_id(e) for run in baseline.runs(factor) for e in run.train.kept_epochs()]
             models[experiment] += list(finetuned["models"])
             _update_progress(artifact, 15.0 + 75.0 * (i + 1) / len(runs))
         if config.split:
             _say(progress.line("splitting the mixed shift into in-support and out-of-support parts"))
-            # One fold at a time: parallel folds would share torch's global RNG and threads (same seed, same split).
-            split_shift.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
-                split_config(config, mixed_files["spec"]))
+            split = on_caller_backend(split_shift)
+            if split is split_shift:
+                # In this process, one fold at a time: parallel folds would share torch's global RNG and threads.
+                split = split_shift.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+            split(split_config(config, mixed_files["spec"]))
 
         progress.enter("report", "ER per shift and group, both fit views, plots")
         result = write_demo_report(config, time.monotonic() - started, models)

@@ -7,7 +7,7 @@ belong to that subflow run (the parent run's "Subflow runs" tab; artifacts also 
 
 The signatures are written out (not generated) because Prefect builds the UI form from them, and ``prefect deploy``
 reads them from this file's source. Flows that the chosen flow calls in turn (demo's stages; the baseline flow of
-finetune, the finetune flow of hparam-ablation) keep their own default runners, as on the command line.
+finetune, the finetune flow of hparam-ablation) run their tasks on the same cluster (``flows.backends.on_caller_backend``).
 """
 from __future__ import annotations
 

@@ -239,7 +239,9 @@ def ensure_baseline(config: FinetuneConfig, store: str, name: str, cache_dir: st
               "cache_dir": cache_dir, "device": config.device, "num_workers": config.num_workers, "report": False,
               **config.baseline}
     print(f"experiment {name!r} has no baseline models yet: running the baseline flow first")
-    synthetic_shift_baseline(BaselineConfig(**values))
+    from flows.backends import on_caller_backend
+
+    on_caller_backend(synthetic_shift_baseline)(BaselineConfig(**values))
 
 
 def resolve_pretrained(config: FinetuneConfig) -> dict[str, str | None]:
@@ -360,7 +362,9 @@ def hparam_ablation(config: AblationConfig) -> dict:
     strategy = config.strategy or ("zs-ft" if model.startswith("clip:") else "ft")
     base = base.model_copy(update={"models": (model,), "strategies": (strategy,)})
     hp = base.hparams
-    result = pretrained_finetune(base)
+    from flows.backends import on_caller_backend
+
+    result = on_caller_backend(pretrained_finetune)(base)
     lr = next(s["lr"] for s in result["selected"] if s["strategy"] == strategy)
     store, spec = str(Store(base.store).root), get_spec(base.shift, dataset=base.dataset, root=base.root)
     name = Path(result["experiment"]).name

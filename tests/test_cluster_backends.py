@@ -32,6 +32,37 @@ def test_dask_backend_runs_tasks_in_worker_processes_that_use_the_flows_api(pref
     assert {s["start_method"] for s in seen} == {"fork"}
 
 
+@task
+def scheduler_of_my_worker() -> dict:
+    from distributed import get_worker
+
+    return {"pid": os.getpid(), "scheduler": get_worker().scheduler.address}
+
+
+@flow
+def nested_probe() -> dict:
+    return scheduler_of_my_worker.submit().result()
+
+
+@flow
+def caller_with_a_nested_flow() -> dict:
+    from flows.backends import on_caller_backend
+
+    nested = on_caller_backend(nested_probe)()  # before the caller submitted anything itself
+    return {"nested": nested, "caller": scheduler_of_my_worker.submit().result()}
+
+
+def test_a_nested_flow_runs_its_tasks_on_the_callers_dask_cluster(prefect_api, monkeypatch):
+    from flows.backends import on_caller_backend
+
+    monkeypatch.setenv("ASKSHIFT_WORKER_WARM_IMPORTS", "")
+    seen = caller_with_a_nested_flow.with_options(task_runner=make_task_runner("dask", dask_workers=1))()
+    assert os.getpid() not in {seen["nested"]["pid"], seen["caller"]["pid"]}
+    assert seen["nested"]["scheduler"] == seen["caller"]["scheduler"], "the nested flow started a second cluster"
+    # Outside a Dask-run caller the flow is returned unchanged (its own default runner).
+    assert on_caller_backend(nested_probe) is nested_probe
+
+
 @task(tags=["gpu"])
 def gpu_step(seconds: float) -> tuple[float, float]:
     start = time.monotonic()
