@@ -31,7 +31,7 @@ the report."""
 
 EPILOG = """\
 examples:
-  askshift demo                          full demo (about 10 minutes on 2 CPU cores from a cold start)
+  askshift demo                          full demo (about 8 minutes on 2 CPU cores from a cold start, 1 when cached)
   askshift demo --quick --store /tmp/s   the smoke version (about 2 minutes; no extra shift, fewer models)
   askshift demo --seed 3                 another seed (same seed and store: same tables, nothing retrained)
 """
