@@ -34,6 +34,7 @@ slurm-down:
 bench: bootstrap
 	@.venv/bin/python benchmarks/loader.py
 	@.venv/bin/python benchmarks/orchestration.py
+	@.venv/bin/python benchmarks/loader_pool.py
 
 clean-store:
 	rm -rf $(STORE)
