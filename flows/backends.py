@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import logging
 import os
+import sys
 from typing import Any, Iterator
 
 from lib.cluster import GPU_TAG, WORKER_ENV, WORKER_PRELOAD
@@ -208,6 +209,22 @@ def drain_prefect_workers() -> None:
             service.drain_all(timeout=15)
         except Exception as exc:  # shutting down: never mask the flow's own outcome
             logger.debug("could not drain %s: %s", service.__name__, exc)
+
+
+def stop_temporary_prefect_server() -> None:
+    """Stop Prefect's temporary (ephemeral-mode) server now rather than at exit, after sending queued logs and
+    events: a command whose output must end with a given line stops it before printing that line (its goodbye log
+    line would follow otherwise), and left for exit the queue would be retried against a stopped server for over
+    a minute."""
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        drain_prefect_workers()
+        for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+            server.stop()
+    except Exception:  # noqa: BLE001 -- the server still stops at exit
+        pass
+    sys.stderr.flush()
 
 
 def _restore_env(key: str, previous: str | None) -> None:

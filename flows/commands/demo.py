@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from flows.cli import CliError
 
@@ -77,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     from lib.demo import summary_lines
 
     table = pl.read_parquet(exp.table_path(ER_TABLE))
-    _stop_temporary_prefect_server()
+    from flows.backends import stop_temporary_prefect_server
+
+    stop_temporary_prefect_server()
     print()
     print("Summary: ER of fine-tuned pre-trained models (full-range line / comparable baselines):")
     for line in summary_lines(table, config.active_shifts()):
@@ -86,23 +87,3 @@ def run(args: argparse.Namespace) -> int:
     print("Report:")
     print(report, flush=True)
     return 0
-
-
-def _stop_temporary_prefect_server() -> None:
-    """Stop Prefect's temporary server now, so its goodbye log line cannot follow the report path.
-
-    Queued logs and events are sent first: left for exit, they would be retried against the stopped server
-    for over a minute before the process ends.
-    """
-    try:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        from flows.backends import drain_prefect_workers
-
-        drain_prefect_workers()
-
-        for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
-            server.stop()
-    except Exception:  # noqa: BLE001 -- the server stops at exit anyway
-        pass
-    sys.stderr.flush()

@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="askshift-split-check-") as store:
             auroc = check(args.seed, store, keep=False)
+    from flows.backends import stop_temporary_prefect_server
+
     stop_temporary_prefect_server()
     print(f"auroc: {auroc:.3f}", flush=True)
     return 0
@@ -84,20 +86,3 @@ def check(seed: int, store: str, keep: bool = True) -> float:
     print(f"report section: {result['section']}{kept}")
     say("done")
     return recovery.auroc
-
-
-def stop_temporary_prefect_server() -> None:
-    """Stop Prefect's temporary server now rather than at exit, so its goodbye log line cannot follow
-    the final ``auroc:`` line (the contract says the output ends with it)."""
-    try:
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
-        from prefect.server.api.server import SubprocessASGIServer
-
-        # Send the queued logs and events first, or they would meet a stopped server.
-        APILogWorker.drain_all()
-        EventsWorker.drain_all()
-        for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
-            server.stop()
-    except Exception:  # noqa: BLE001 -- the server still stops at exit
-        pass
