@@ -104,7 +104,7 @@ def predict_to_store(
     One loader serves every model (its compiled pipeline is pooled, see ``eval_loader``).  Models whose predictions exist are skipped
     unless ``overwrite``.  Example groups (WILDS domains, ...) come from the split's metadata when it has them.
     """
-    from lib.loaders import LoaderConfig, split_info
+    from lib.loaders import LoaderConfig
 
     model_ids = [model_ids] if isinstance(model_ids, str) else list(model_ids)
     if model is not None and len(model_ids) != 1:
@@ -113,8 +113,8 @@ def predict_to_store(
     if todo:
         device = resolve_device(device)
         config = LoaderConfig(batch_size=batch_size, num_workers=num_workers, device=str(device))
-        groups = split_info(spec, split, cache_dir).groups
         with eval_loader(spec, split, cache_dir, config) as loader:
+            groups = loader.beton.groups()  # the loader has the split's file open: no second lookup
             for model_id in todo:
                 net = model if model is not None else load_registered_model(exp, model_id)
                 logits, labels, indices = predict(net, loader, device, amp=amp)
