@@ -44,7 +44,10 @@ class BaselineConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     amp: Literal["none", "bf16", "fp16"] = "none"
     translate: int = Field(0, ge=0, description="random translation augmentation in pixels")
-    flip: bool = Field(False, description="random horizontal flips (off: digits are not mirror-symmetric)")
+    flip: bool = Field(False, description="random horizontal flips of same-size arrays (off: digits are not "
+                       "mirror-symmetric); photos always get a random-resized crop and a flip")
+    resolution: int | None = Field(None, ge=8, description="image side the models read; default: the model's own "
+                                   "(photos; cnn: 64 px) or as stored (same-size arrays such as digits)")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     num_workers: int = Field(1, ge=1, description="loader worker threads per task")
     eval_batch_size: int = Field(512, ge=1)
@@ -78,7 +81,8 @@ class BaselineConfig(BaseModel):
         return self
 
     def train_config(self, seed: int, epochs_factor: float = 1.0) -> TrainConfig:
-        """The TrainConfig of one seed; ``epochs_factor`` (the spec's, 2 for label_p) stretches epochs and kept epochs."""
+        """The TrainConfig of one seed; ``epochs_factor`` (the spec's, 2 for label_p) stretches epochs, the warm-up
+        and the kept epochs together (the paper doubles the whole schedule)."""
         epochs = max(1, round(self.epochs * epochs_factor))
         if self.keep_epochs is None:
             keep = tuple(range(1, epochs + 1))
@@ -86,8 +90,9 @@ class BaselineConfig(BaseModel):
             keep = tuple(sorted({max(1, round(e * epochs_factor)) for e in self.keep_epochs}))
         return TrainConfig(
             epochs=epochs, lr=self.lr, optimizer=self.optimizer, schedule=self.schedule,
-            warmup_epochs=self.warmup_epochs, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-            grad_clip=self.grad_clip, batch_size=self.batch_size, amp=self.amp, seed=seed, keep_epochs=keep,
+            warmup_epochs=self.warmup_epochs * epochs_factor, weight_decay=self.weight_decay,
+            label_smoothing=self.label_smoothing, grad_clip=self.grad_clip, batch_size=self.batch_size, amp=self.amp,
+            seed=seed, keep_epochs=keep,
         )
 
     def runs(self, epochs_factor: float = 1.0) -> list[RunConfig]:
@@ -97,7 +102,8 @@ class BaselineConfig(BaseModel):
             RunConfig(
                 dataset=self.dataset, shift=self.shift, root=self.root, architecture=self.model,
                 model_options={"width": width} if vary_width else {}, train_fraction=fraction,
-                train=self.train_config(seed, epochs_factor), flip=self.flip, translate=self.translate, group="baseline",
+                train=self.train_config(seed, epochs_factor), flip=self.flip, translate=self.translate,
+                resolution=self.resolution, group="baseline",
             )
             for width, fraction, seed in itertools.product(self.widths, self.train_fractions, self.seeds)
         ]

@@ -10,17 +10,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lib.finetune import (
-    PRESETS, STRATEGIES, FinetuneHparams, FinetuneRun, RunOutcome, check_weights, plan_run, register_run, select_best_lr,
+    MINIATURE, PRESETS, STRATEGIES, FinetuneHparams, FinetuneRun, RunOutcome, check_weights, default_recipe,
+    default_strategy, plan_run, register_run, select_best_lr,
 )
 from lib.pretrain import PretrainConfig
 from lib.store import Store, safe_name
 from tasks.finetune import dfr_one, finetune_one, pretrain_checkpoint
 from tasks.prediction import predict_split
 
-# The paper's recipe (8 epochs, batch 512, lr 3e-4..1e-6) barely moves a small CNN on 1.4k digits in 24
-# steps; this is the miniature's: the same shape (AdamW, cosine, warm-up, LP stage, copies), CPU-sized.
-MINIATURE = FinetuneHparams(epochs=8, warmup_epochs=1.0, batch_size=64, weight_decay=0.05,
-                            lr_grid=(3e-3, 1e-3, 3e-4), copies=3, lp_epochs=4, lp_lr=1e-2)
 
 
 class FinetuneConfig(BaseModel):
@@ -46,6 +43,8 @@ class FinetuneConfig(BaseModel):
     pretrain: PretrainConfig | None = Field(None, description="settings of the local glyph checkpoint (default PretrainConfig)")
     baseline: dict[str, Any] = Field(default_factory=dict, description="BaselineConfig overrides if the baseline must be trained first")
     dfr_split: str | None = Field(None, description="also refit each copy's last layer by DFR on this split (needs group labels)")
+    resolution: int | None = Field(None, ge=8, description="image side the models read; default: each model's own "
+                                   "(timm pretrained_cfg, open_clip preprocess); same-size arrays stay as stored")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     num_workers: int = Field(1, ge=1)
     eval_batch_size: int = Field(512, ge=1)
@@ -67,8 +66,7 @@ class FinetuneConfig(BaseModel):
                 update["strategies"] = p.strategies
             update["hparams"] = self.hparams or p.hparams
         elif self.hparams is None:
-            cnn_only = all(m.startswith("cnn:") for m in self.models)
-            update["hparams"] = MINIATURE if cnn_only else FinetuneHparams()
+            update["hparams"] = default_recipe(self.models)
         return self.model_copy(update=update)
 
     def resolved_cache_dir(self) -> str:
@@ -133,7 +131,7 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
 
     def plan(model: str, strategy: str, lr: float, seed: int, **overrides: Any) -> FinetuneRun:
         return plan_run(strategy, model, hp, lr, seed, pretrained=weights.get(model), model_options=config.model_options.get(model),
-                        train_overrides=overrides or None, **common)
+                        train_overrides=overrides or None, resolution=config.resolution, **common)
 
     # 2. The sweep: every (model, strategy, lr) fans out at once; a probe stage shared by several LP-FT
     # runs is submitted once and they wait for it.
@@ -237,7 +235,7 @@ def ensure_baseline(config: FinetuneConfig, store: str, name: str, cache_dir: st
 
     values = {"dataset": config.dataset, "shift": config.shift, "root": config.root, "store": store, "experiment": name,
               "cache_dir": cache_dir, "device": config.device, "num_workers": config.num_workers, "report": False,
-              **config.baseline}
+              "resolution": config.resolution, **config.baseline}
     print(f"experiment {name!r} has no baseline models yet: running the baseline flow first")
     from flows.backends import on_caller_backend
 
@@ -245,25 +243,30 @@ def ensure_baseline(config: FinetuneConfig, store: str, name: str, cache_dir: st
 
 
 def resolve_pretrained(config: FinetuneConfig) -> dict[str, str | None]:
-    """model -> weights.  cnn: models without --pretrained get the cached local glyph checkpoint (built if needed)."""
+    """model -> weights.  Families with local pre-training (cnn:) without --pretrained get the cached glyph checkpoint
+    (built if needed); clip: names carry their weights (a tag or a file); every other family asks the hub, which
+    fails fast offline -- never a silent random initialisation."""
+    from lib.models import HUB, model_family
+
     weights: dict[str, str | None] = {}
     for model in config.models:
+        family = model_family(model)
         if model in config.pretrained:
             path = config.pretrained[model]
             if path != "hub" and not Path(path).exists():
                 raise FileNotFoundError(f"pre-trained weights {path!r} for {model} do not exist")
             weights[model] = path
-        elif model.startswith("cnn:"):
+        elif family.local_pretraining:
             out = pretrain_path(config, model)
             pre = (config.pretrain or PretrainConfig()).model_copy(update={"model": model})
             print(f"{model}: no --pretrained given; using the local glyph checkpoint {out} "
                   f"({'cached' if out.exists() else 'building it now: a stand-in for CLIP/AugReg pre-training'})")
             device = "cpu" if config.device == "auto" else config.device
             weights[model] = pretrain_checkpoint.submit(pre, str(out), device=device).result()
-        elif model.startswith("timm:"):
-            weights[model] = "hub"
+        elif family.text_tower:
+            weights[model] = None  # clip: the tag or file in the name
         else:
-            weights[model] = None  # clip: the tag in the name
+            weights[model] = HUB
         check_weights(model, weights[model])  # no hub reachable: one clear line now, not a failed task later
     return weights
 
@@ -359,7 +362,7 @@ def hparam_ablation(config: AblationConfig) -> dict:
 
     base = check_config(config.finetune)
     model = config.model or base.models[0]
-    strategy = config.strategy or ("zs-ft" if model.startswith("clip:") else "ft")
+    strategy = config.strategy or default_strategy(model)
     base = base.model_copy(update={"models": (model,), "strategies": (strategy,)})
     hp = base.hparams
     from flows.backends import on_caller_backend
@@ -388,7 +391,8 @@ def hparam_ablation(config: AblationConfig) -> dict:
                 overrides = {} if hparam == "lr" else {hparam: value}
                 run = plan_run(strategy, model, hp, value if hparam == "lr" else lr, base.seed + k, dataset=base.dataset,
                                shift=base.shift, root=base.root, pretrained=weights.get(model), class_names=class_names,
-                               model_options=base.model_options.get(model), train_overrides=overrides or None)
+                               model_options=base.model_options.get(model), train_overrides=overrides or None,
+                               resolution=base.resolution)
                 copies.append((model, label, run, run_future(run)))
     register_and_predict(base, store, name, cache_dir, spec, copies, group_of=lambda _m, label: label)
     summary = er_report(store, name)

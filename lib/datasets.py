@@ -104,15 +104,17 @@ class DatasetInfo:
     splits: tuple[str, ...]
     needs_root: bool
     layout: str
+    photos: bool = False  # images of mixed sizes: read with crops at the model's resolution (lib.transforms)
 
 
 _INFO: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, description: str, splits: Sequence[str], needs_root: bool, layout: str):
+def register_dataset(name: str, description: str, splits: Sequence[str], needs_root: bool, layout: str,
+                     photos: bool = False):
     def decorator(fn: DatasetBuilder) -> DatasetBuilder:
         DATASETS.add(name, fn, description)
-        _INFO[name] = DatasetInfo(tuple(splits), needs_root, layout)
+        _INFO[name] = DatasetInfo(tuple(splits), needs_root, layout, photos)
         return fn
 
     return decorator
@@ -282,6 +284,7 @@ IMAGEFOLDER_LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (I
     splits=("train", "val", "test"),
     needs_root=True,
     layout=IMAGEFOLDER_LAYOUT,
+    photos=True,
 )
 def imagefolder(root: str, split: str) -> ImageDataset:
     """An ImageFolder tree; the class list comes from ``train/`` so every split shares label ids."""
@@ -349,6 +352,7 @@ V2_LAYOUT = "ROOT/<class index 0..999>/<image> (ImageNetV2 matched-frequency for
     splits=("val",),
     needs_root=True,
     layout=V2_LAYOUT,
+    photos=True,
 )
 def imagenet_v2(root: str, split: str) -> ImageDataset:
     """ImageNet-V2: folder ``k`` holds class ``k`` of ImageNet-1k."""
@@ -391,6 +395,7 @@ R_LAYOUT = "ROOT/<wnid, e.g. n01443537>/<image> (ImageNet-R 'imagenet-r/' folder
     splits=("val",),
     needs_root=True,
     layout=SKETCH_LAYOUT,
+    photos=True,
 )
 def imagenet_sketch(root: str, split: str) -> ImageDataset:
     """ImageNet-Sketch: one folder per ImageNet-1k WordNet id."""
@@ -403,6 +408,7 @@ def imagenet_sketch(root: str, split: str) -> ImageDataset:
     splits=("val",),
     needs_root=True,
     layout=R_LAYOUT,
+    photos=True,
 )
 def imagenet_r(root: str, split: str) -> ImageDataset:
     """ImageNet-R: labels in ImageNet-1k order plus ``class_mask`` marking its 200 classes."""
@@ -439,6 +445,7 @@ def _wilds_groups(dataset: Any) -> tuple[np.ndarray, list[str]]:
     splits=("train", "val", "test", "id_val", "id_test"),
     needs_root=True,
     layout=WILDS_LAYOUT,
+    photos=True,
 )
 def wilds_dataset(root: str, split: str, wilds_name: str = "", **wilds_options: Any) -> ImageDataset:
     """Any image dataset of the wilds package, read from its local ``root_dir`` (never downloads)."""

@@ -53,14 +53,22 @@ class Batches:
 
 @dataclass
 class InMemoryImages:
-    """All positions' images as one uint8 NCHW tensor, batched without a loader."""
+    """All positions' images as one uint8 NCHW tensor, batched without a loader (training batches flipped
+    at random when ``flip``, keyed by the seed and the position, like the FFCV loaders' flips)."""
 
     images: torch.Tensor  # uint8, (positions, C, H, W)
     domain: np.ndarray
+    flip: bool = False
 
-    def _batch(self, chosen: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _batch(self, chosen: np.ndarray, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.from_numpy(chosen)
-        return (self.images[index].float().div_(255.0), torch.from_numpy(self.domain[chosen]).long(), index)
+        images = self.images[index].float().div_(255.0)
+        if self.flip and seed is not None:
+            from lib.shifts import example_uniform
+
+            flipped = torch.as_tensor(example_uniform(seed, 0xF11B, chosen) < 0.5).view(-1, 1, 1, 1)
+            images = torch.where(flipped, images.flip(-1), images)
+        return (images, torch.from_numpy(self.domain[chosen]).long(), index)
 
     def train_batches(self, positions: np.ndarray, batch_size: int, seed: int) -> Batches:
         positions = np.asarray(positions, np.int64)
@@ -71,7 +79,7 @@ class InMemoryImages:
             order = np.random.default_rng(seed).permutation(positions)
             for b in range(n_batches):
                 chosen = order[b * batch_size:(b + 1) * batch_size] if n_batches > 1 else order
-                yield self._batch(chosen)
+                yield self._batch(chosen, seed)
 
         return Batches(make, n_batches)
 
@@ -177,8 +185,8 @@ def collect_images(batches: Iterable, n: int) -> tuple[torch.Tensor, np.ndarray]
 
 
 def in_memory_images(data: DomainData, read_reference: SplitReader, read_shifted: SplitReader,
-                     batch_size: int = 512) -> InMemoryImages:
-    """Read every position's image once (through the FFCV loaders) and keep them as uint8."""
+                     batch_size: int = 512, flip: bool = False) -> InMemoryImages:
+    """Read every position's image once (through the FFCV loaders, both sides decoded alike) and keep them as uint8."""
     parts = []
     for domain, reader in ((0, read_reference), (1, read_shifted)):
         positions = np.flatnonzero(data.domain == domain)
@@ -187,10 +195,9 @@ def in_memory_images(data: DomainData, read_reference: SplitReader, read_shifted
         where = {int(k): j for j, k in enumerate(got.tolist())}
         parts.append(images[torch.tensor([where[int(k)] for k in split_index])])
     if parts[0].shape[1:] != parts[1].shape[1:]:
-        # Different image sizes: bring the shifted set to the reference's size (the model resizes anyway).
-        parts[1] = nn.functional.interpolate(parts[1].float(), size=parts[0].shape[-2:], mode="bilinear",
-                                             align_corners=False).round().clamp(0, 255).to(torch.uint8)
-    return InMemoryImages(torch.cat(parts), data.domain)
+        raise ValueError(f"the two sides decode to different image shapes ({tuple(parts[0].shape[1:])} vs "
+                         f"{tuple(parts[1].shape[1:])}): set the domain classifier's resolution (--resolution N)")
+    return InMemoryImages(torch.cat(parts), data.domain, flip)
 
 
 # --- fitting and scoring ----------------------------------------------------------------------------
@@ -202,7 +209,8 @@ def train_configs(config: DomainClassifierConfig, lr: float) -> list[tuple[str, 
     stages = []
     if config.linear_probe_epochs:
         stages.append(("lp", TrainConfig(epochs=config.linear_probe_epochs, lr=config.linear_probe_lr,
-                                         optimizer="adamw", weight_decay=0.0, freeze_backbone=True,
+                                         optimizer="adamw", warmup_epochs=config.linear_probe_warmup_epochs,
+                                         weight_decay=0.0, freeze_backbone=True,
                                          batch_size=config.batch_size, seed=config.seed)))
     stages.append(("ft", TrainConfig(epochs=config.epochs, lr=lr, optimizer=config.optimizer,
                                      warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay,
@@ -298,11 +306,64 @@ def load_domain_data(setup: DomainSetup) -> DomainData:
     return data
 
 
+def parity_spec(spec: ExperimentSpec, reference_split: str, shifted_split: str) -> ExperimentSpec:
+    """``spec`` with both sides of a domain classifier stored alike (format, longest side, JPEG quality).
+
+    A classifier told "raw digits" from "JPEG photos", or full-size from downsized images, would separate
+    the sets by storage alone; written alike, it can only see image content (the original sends both
+    sides through one pipeline).  Photos on either side make both JPEG at the smaller longest side.
+    """
+    from lib.transforms import is_photo_dataset
+
+    ref, _ = spec.distribution(reference_split)
+    shifted, _ = spec.distribution(shifted_split)
+
+    def storage(d) -> tuple[str, int | None, int]:
+        photos = is_photo_dataset(d.dataset)  # the datasets' defaults: JPEG at 256 px for photos, raw arrays
+        return (d.write_mode or ("jpg" if photos else "raw"), d.max_resolution or (256 if photos else None), d.jpeg_quality)
+
+    a, b = storage(ref), storage(shifted)
+    if a == b:
+        return spec
+    mode = "jpg" if "jpg" in (a[0], b[0]) else ("smart" if "smart" in (a[0], b[0]) else "raw")
+    sides = [r for r in (a[1], b[1]) if r is not None]
+    common = {"write_mode": mode, "max_resolution": min(sides) if sides else None, "jpeg_quality": min(a[2], b[2])}
+    reference = ref.model_copy(update=common)
+    targets = {name: (t.model_copy(update=common) if f"{name}_val" == shifted_split else t)
+               for name, t in spec.targets.items()}
+    return spec.model_copy(update={"reference": reference, "targets": targets})
+
+
+def domain_decoding(setup: DomainSetup):
+    """One decoding for both sides: photos on either side -> the classifier's centre crop at its resolution;
+    same-size arrays -> as stored, both at the reference's side when the shifted images differ."""
+    from lib.loaders import split_beton, stored_shape
+    from lib.transforms import Decoding, is_photo_dataset, model_transform
+
+    datasets = [setup.spec.distribution(s)[0].dataset for s in (setup.reference_split, setup.shifted_split)]
+    resolution = setup.classifier.resolution
+    if any(is_photo_dataset(d) for d in datasets):
+        transform = model_transform(setup.classifier.model, resolution)
+        return Decoding(decoder="center_crop", resolution=transform.resolution, center_crop_ratio=transform.crop_pct)
+    if resolution is None:
+        shapes = [stored_shape(split_beton(setup.spec, s, setup.cache_dir)[1])
+                  for s in (setup.reference_split, setup.shifted_split)]
+        if None in shapes:
+            raise ValueError("images of one side differ in size: set the domain classifier's resolution (--resolution N)")
+        if shapes[0] != shapes[1]:
+            resolution = max(shapes[0])
+    return Decoding(decoder="simple", resolution=resolution)
+
+
 def split_reader(setup: DomainSetup, split: str, num_workers: int = 1) -> SplitReader:
+    """Batches of one side, decoded as ``domain_decoding`` says (training passes add the classifier's flips)."""
     from lib.loaders import LoaderConfig, split_loader
 
+    decoding = domain_decoding(setup).loader_fields()
+
     def read(indices: np.ndarray, train: bool, seed: int, batch_size: int):
-        config = LoaderConfig(batch_size=batch_size, num_workers=num_workers, device="cpu")
+        fields = {**decoding, "flip": bool(train and setup.classifier.flip)}
+        config = LoaderConfig(batch_size=batch_size, num_workers=num_workers, device="cpu", **fields)
         return split_loader(setup.spec, split, setup.cache_dir, config, train=train, indices=indices, seed=seed)
 
     return read
@@ -322,7 +383,7 @@ def domain_images(setup: DomainSetup, data: DomainData, num_workers: int = 1) ->
     with _images_lock:
         if key not in _images_cache:
             threads = torch.get_num_threads()
-            _images_cache[key] = in_memory_images(data, read_ref, read_shift)
+            _images_cache[key] = in_memory_images(data, read_ref, read_shift, flip=setup.classifier.flip)
             torch.set_num_threads(threads)  # FFCV loaders change the process-wide thread count
         return _images_cache[key]
 

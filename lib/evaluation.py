@@ -104,23 +104,37 @@ def predict_to_store(
     One loader serves every model (its compiled pipeline is pooled, see ``eval_loader``).  Models whose predictions exist are skipped
     unless ``overwrite``.  Example groups (WILDS domains, ...) come from the split's metadata when it has them.
     """
-    from lib.loaders import LoaderConfig
-
     model_ids = [model_ids] if isinstance(model_ids, str) else list(model_ids)
     if model is not None and len(model_ids) != 1:
         raise ValueError("pass a model object together with exactly one model id")
     todo = [m for m in model_ids if overwrite or not exp.has_predictions(m, split)]
     if todo:
         device = resolve_device(device)
-        config = LoaderConfig(batch_size=batch_size, num_workers=num_workers, device=str(device))
-        with eval_loader(spec, split, cache_dir, config) as loader:
-            groups = loader.beton.groups()  # the loader has the split's file open: no second lookup
-            for model_id in todo:
-                net = model if model is not None else load_registered_model(exp, model_id)
-                logits, labels, indices = predict(net, loader, device, amp=amp)
-                exp.write_predictions(model_id, split, logits, labels, indices,
-                                      np.asarray(groups)[indices] if groups is not None else None)
+        dataset = spec.distribution(split)[0].dataset
+        by_config: dict[Any, list[str]] = {}
+        for model_id in todo:  # models that read the split the same way share one loader
+            config = eval_config(exp, model_id, dataset, batch_size=batch_size, num_workers=num_workers, device=str(device))
+            by_config.setdefault(config, []).append(model_id)
+        for config, ids in by_config.items():
+            with eval_loader(spec, split, cache_dir, config) as loader:
+                groups = loader.beton.groups()  # the loader has the split's file open: no second lookup
+                for model_id in ids:
+                    net = model if model is not None else load_registered_model(exp, model_id)
+                    logits, labels, indices = predict(net, loader, device, amp=amp)
+                    exp.write_predictions(model_id, split, logits, labels, indices,
+                                          np.asarray(groups)[indices] if groups is not None else None)
     return [exp.predictions_path(m, split) for m in model_ids]
+
+
+def eval_config(exp: ExperimentStore, model_id: str, dataset: str, **fields: Any):
+    """The evaluation LoaderConfig of a registered model on ``dataset``: its family's transform at its resolution."""
+    from lib.transforms import loader_config
+
+    try:
+        record = model_record(exp, model_id)
+    except KeyError:
+        record = {}
+    return loader_config(dataset, record.get("architecture"), train=False, resolution=record.get("resolution"), **fields)
 
 
 __all__ = ["predict", "predict_to_store", "eval_loader", "model_record", "load_registered_model", "checkpoint_of"]

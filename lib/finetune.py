@@ -63,7 +63,7 @@ class FinetuneHparams(BaseModel):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["cosine", "triangle", "constant", "step"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (the paper clips at 1); None = off")
     amp: Literal["none", "bf16", "fp16"] = "none"
     lr_grid: tuple[float, ...] = Field(PAPER_LR_GRID, min_length=1, description="learning rates swept; best by reference-validation accuracy")
     copies: int = Field(4, description="seeds trained at the selected learning rate")
@@ -99,6 +99,29 @@ class FinetuneHparams(BaseModel):
                            warmup_epochs=min(self.warmup_epochs, epochs - 0.5) if self.warmup_epochs else 0.0,
                            weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
                            grad_clip=self.grad_clip, batch_size=self.batch_size, amp=self.amp, seed=seed)
+
+
+# The paper's recipe (8 epochs, batch 512, lr 3e-4..1e-6) barely moves a small CNN on 1.4k digits in 24
+# steps; this is the miniature's: the same shape (AdamW, cosine, warm-up, LP stage, copies), CPU-sized.
+# Its numbers (the demo's) were measured without gradient clipping, so it keeps none.
+MINIATURE = FinetuneHparams(epochs=8, warmup_epochs=1.0, batch_size=64, weight_decay=0.05,
+                            lr_grid=(3e-3, 1e-3, 3e-4), copies=3, lp_epochs=4, lp_lr=1e-2, grad_clip=None)
+RECIPES: dict[str, FinetuneHparams] = {"paper": FinetuneHparams(), "miniature": MINIATURE}
+
+
+def default_recipe(models: Sequence[str]) -> FinetuneHparams:
+    """The models' families' recipe: the miniature when every family asks for it (cnn:), else the paper's."""
+    from lib.models import model_family
+
+    names = {model_family(m).recipe for m in models}
+    return RECIPES["miniature"] if names == {"miniature"} else RECIPES["paper"]
+
+
+def default_strategy(model: str) -> str:
+    """The strategy a one-strategy study (the ablation) takes: ZS-FT where the family has a text tower, else FT."""
+    from lib.models import model_family
+
+    return "zs-ft" if model_family(model).text_tower else "ft"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +196,9 @@ def validate_finetune(
     for name in strategies:
         s = STRATEGIES.get(name)
         if s.needs_clip:
-            wrong = [m for m in models if not m.startswith("clip:")]
+            from lib.models import model_family
+
+            wrong = [m for m in models if not model_family(m).text_tower]
             if wrong:
                 raise FinetuneInputError(f"strategy {name!r} needs a CLIP model (clip:...) for its zero-shot head; "
                                          f"{', '.join(wrong)} has no text tower")
@@ -195,7 +220,10 @@ def check_weights(model: str, pretrained: str | None) -> None:
         return
     if source and source != HUB and ("/" in source or source.endswith((".pt", ".pth", ".bin", ".safetensors"))):
         raise FileNotFoundError(f"pre-trained weights {source!r} for {model} do not exist")
-    needs_hub = source == HUB or (model.startswith("clip:") and source is not None)
+    from lib.models import model_family
+
+    # A clip: tag (``clip:ViT-B-32:openai``) names hub weights too.
+    needs_hub = source == HUB or (model_family(model).text_tower and source is not None)
     if needs_hub and hub_offline():
         raise PretrainedUnavailable(f"{model} needs the model hub for its pre-trained weights, but HF_HUB_OFFLINE=1: "
                                     f"pass a local weights file: --pretrained PATH (or --pretrained {model}=PATH)")
@@ -219,6 +247,8 @@ class FinetuneRun(BaseModel):
     class_names: tuple[str, ...] | None = None
     templates: Literal["simple", "imagenet"] = "simple"
     init: "FinetuneRun | None" = Field(None, description="run whose final weights (backbone and head) start this one")
+    resolution: int | None = Field(None, ge=8, description="image side the model reads; None = the model's own (photos) "
+                                   "or as stored (same-size arrays)")
     train: TrainConfig
     group: str = "ft"
 
@@ -246,6 +276,7 @@ def plan_run(
     class_names: Sequence[str] | None = None,
     model_options: dict | None = None,
     train_overrides: dict | None = None,
+    resolution: int | None = None,
 ) -> FinetuneRun:
     """The run that trains ``strategy`` on ``model`` at ``lr`` and ``seed`` (its ``init`` chain included)."""
     s = STRATEGIES.get(strategy)
@@ -254,12 +285,16 @@ def plan_run(
     if s.pretrained and not weights:
         raise FinetuneInputError(f"strategy {strategy!r} needs pre-trained weights for {model}; pass --pretrained PATH "
                                  "(or 'hub' where a hub is reachable)")
-    common = dict(dataset=dataset, shift=shift, root=root, model=arch, model_options=dict(model_options or {}))
+    options = dict(model_options or {})
+    if s.head == "zero_shot":
+        options["embedding"] = "projected"  # the zero-shot head lives in CLIP's projected space (ZS-FT keeps it)
+    common = dict(dataset=dataset, shift=shift, root=root, model=arch, model_options=options, resolution=resolution)
     imagenet = dataset.lower().startswith("imagenet")
     if s.probe_only or s.probe_first:
         probe_train = hparams.probe_config(seed)
         if s.probe_only:
             probe_train = probe_train.model_copy(update={"lr": lr, **(train_overrides or {})})
+            probe_train = TrainConfig.model_validate(probe_train.model_dump())
         probe = FinetuneRun(**common, pretrained=weights, strategy="lp", stage="probe", train=probe_train, group="lp")
         if s.probe_only:
             return probe.model_copy(update={"strategy": strategy, "group": s.group})
@@ -340,9 +375,10 @@ def finetune_run(
 
     Finished runs (a ``done`` marker) are not trained again; their stored outcome is returned.
     """
-    from lib.loaders import LoaderConfig, split_info
+    from lib.loaders import split_info
     from lib.specs import get_spec
     from lib.training import epoch_loader_factory, resolve_device, seed_everything, train_model
+    from lib.transforms import loader_config
 
     run_id = run.run_id()
     if exp.is_done(run_id):
@@ -355,9 +391,9 @@ def finetune_run(
     spec = get_spec(run.shift, dataset=run.dataset, root=run.root)
     info = split_info(spec, "source_train", cache_dir)
     atomic_write_json(exp.run_dir(run_id) / "config.json", run)
-    loader_config = LoaderConfig(batch_size=run.train.batch_size, num_workers=num_workers, device=device)
-
-    make_loader = epoch_loader_factory(spec, "source_train", cache_dir, loader_config, run.train.seed)
+    config = loader_config(spec.reference.dataset, run.model, train=True, resolution=run.resolution,
+                           batch_size=run.train.batch_size, num_workers=num_workers, device=device)
+    make_loader = epoch_loader_factory(spec, "source_train", cache_dir, config, run.train.seed)
 
     seed_everything(run.train.seed)  # a new head (and a scratch model) follows the seed
     model = build_initial_model(run, info.num_classes, exp)
@@ -365,7 +401,8 @@ def finetune_run(
         f"{run.train.epochs} epochs (run {run_id})")
     result = train_model(model, make_loader, run.train, exp.checkpoint_dir(run_id), device=device, log=log)
     model.freeze_backbone(False)
-    accuracy = reference_accuracy(model, spec, cache_dir, device, eval_batch_size, num_workers)
+    accuracy = reference_accuracy(model, spec, cache_dir, device, eval_batch_size, num_workers,
+                                  architecture=run.model, resolution=run.resolution)
     exp.mark_done(run_id, {"val_accuracy": accuracy, "num_classes": info.num_classes, "model": run.model_id(),
                            "seconds": sum(h.seconds for h in result.history)})
     log(f"{run.strategy} {run.model} lr={run.train.lr:g} seed={run.train.seed}: source_val accuracy {accuracy:.4f}")
@@ -378,14 +415,16 @@ def _read_done(exp: ExperimentStore, run_id: str) -> dict:
     return read_json(exp.run_dir(run_id) / "done")
 
 
-def reference_accuracy(model, spec, cache_dir, device, batch_size: int = 512, num_workers: int = 1) -> float:
-    """Accuracy on ``source_val`` (what the learning rate is selected by)."""
+def reference_accuracy(model, spec, cache_dir, device, batch_size: int = 512, num_workers: int = 1,
+                       architecture: str | None = None, resolution: int | None = None) -> float:
+    """Accuracy on ``source_val`` (what the learning rate is selected by), read as ``architecture`` reads images."""
     from lib.evaluation import eval_loader, predict
-    from lib.loaders import LoaderConfig
+    from lib.transforms import loader_config
 
+    config = loader_config(spec.reference.dataset, architecture, train=False, resolution=resolution,
+                           batch_size=batch_size, num_workers=num_workers, device=str(device))
     # Every run of a sweep reads the same split: the pooled loader compiles once.
-    with eval_loader(spec, "source_val", cache_dir,
-                     LoaderConfig(batch_size=batch_size, num_workers=num_workers, device=device)) as loader:
+    with eval_loader(spec, "source_val", cache_dir, config) as loader:
         logits, labels, _ = predict(model, loader, device)
     return float((logits.argmax(1) == labels).mean())
 
@@ -394,7 +433,7 @@ def register_run(exp: ExperimentStore, run: FinetuneRun, outcome: RunOutcome, gr
     """Register a finished run as a model of ``group`` (default: its strategy's group) so prediction can rebuild it."""
     exp.register_model(
         outcome.model_id, group or run.group, run=outcome.run_id, architecture=run.model,
-        num_classes=outcome.num_classes, model_options=dict(run.model_options),
+        num_classes=outcome.num_classes, model_options=dict(run.model_options), resolution=run.resolution,
         checkpoint=str(outcome.checkpoint.relative_to(exp.root)), strategy=run.strategy, lr=run.train.lr,
         seed=run.train.seed, epochs=run.train.epochs, pretrained=run.pretrained or (run.init.pretrained if run.init else None),
         val_accuracy=outcome.val_accuracy, **extra,
@@ -542,8 +581,8 @@ def dfr_registered_model(
 ) -> str:
     """DFR on a registered model: features of ``split`` (which must carry group labels), a refitted head,
     saved and registered as ``<model_id>+dfr`` in group ``<group>+dfr``.  Skipped when it exists."""
-    from lib.evaluation import load_registered_model, model_record
-    from lib.loaders import LoaderConfig, split_info, split_loader
+    from lib.evaluation import eval_config, load_registered_model, model_record
+    from lib.loaders import split_info, split_loader
     from lib.store import atomic_save_torch, content_hash
     from lib.training import resolve_device
 
@@ -560,7 +599,9 @@ def dfr_registered_model(
                          "(use a dataset with group metadata, e.g. wilds:waterbirds)")
     device = resolve_device(device)
     model = load_registered_model(exp, model_id)
-    loader = split_loader(spec, split, cache_dir, LoaderConfig(batch_size=512, num_workers=num_workers, device=device), train=False)
+    config = eval_config(exp, model_id, spec.distribution(split)[0].dataset, batch_size=512, num_workers=num_workers,
+                         device=str(device))
+    loader = split_loader(spec, split, cache_dir, config, train=False)
     feats, labels, indices = extract_features(model, loader, device)
     result = fit_dfr(feats, labels, np.asarray(info.groups)[indices], int(record["num_classes"]), C_grid=C_grid)
     apply_dfr(model.cpu(), result)
@@ -576,7 +617,7 @@ def dfr_registered_model(
 FinetuneRun.model_rebuild()
 
 __all__ = [
-    "STRATEGIES", "PRESETS", "PAPER_LR_GRID", "Strategy", "Preset", "FinetuneHparams", "FinetuneRun", "RunOutcome",
+    "STRATEGIES", "PRESETS", "PAPER_LR_GRID", "MINIATURE", "RECIPES", "default_recipe", "default_strategy", "Strategy", "Preset", "FinetuneHparams", "FinetuneRun", "RunOutcome",
     "FinetuneInputError", "validate_finetune", "check_weights", "plan_run", "build_initial_model", "finetune_run", "register_run",
     "final_checkpoint", "select_best_lr", "split_clip_name", "extract_features", "group_balanced_weights",
     "fit_dfr", "apply_dfr", "DFRResult", "reference_accuracy", "dfr_registered_model",

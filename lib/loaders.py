@@ -162,7 +162,7 @@ def _image_pipeline(config: LoaderConfig, train: bool, stored_shape: tuple[int, 
         res = max(stored_shape)
     if decoder_name == "simple":
         if stored_shape is None and res is None:
-            raise ValueError("images of this split differ in size: choose a resolution (or a crop decoder)")
+            raise ValueError("images of this split differ in size: choose a resolution (--resolution N)")
         if res is None or stored_shape == (res, res):
             decoder = SimpleRGBImageDecoder()
         else:
@@ -190,7 +190,7 @@ def _int_pipeline(config: LoaderConfig):
     return ops
 
 
-def _stored_shape(beton: BetonFile) -> tuple[int, int] | None:
+def stored_shape(beton: BetonFile) -> tuple[int, int] | None:
     """(H, W) when every stored image has the same size, else None."""
     from ffcv.reader import Reader
 
@@ -328,7 +328,7 @@ class SplitLoader:
             _repoint(loader, self.indices, self.seed, drop_last)
         else:
             pipelines = {
-                "image": _image_pipeline(config, train, _stored_shape(self.beton)),
+                "image": _image_pipeline(config, train, stored_shape(self.beton)),
                 "label": _int_pipeline(config),
                 "index": _int_pipeline(config),
             }
@@ -400,4 +400,4 @@ def split_loader(spec: ExperimentSpec, split: str, cache_dir: str | Path, config
     return SplitLoader(spec, split, cache_dir, config, train, indices=indices, seed=seed)
 
 
-__all__ = ["LOADER_POOL", "LoaderPool", "LoaderConfig", "SplitInfo", "SplitLoader", "augment", "kept_examples", "split_beton", "split_info", "split_loader"]
+__all__ = ["LOADER_POOL", "LoaderPool", "LoaderConfig", "SplitInfo", "SplitLoader", "augment", "kept_examples", "split_beton", "split_info", "split_loader", "stored_shape"]

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from lib.registry import Registry, UnknownNameError, close_matches
+
+if TYPE_CHECKING:
+    from lib.transforms import ImageTransform
 
 
 class Classifier(nn.Module):
@@ -28,7 +31,7 @@ class Classifier(nn.Module):
         num_classes: int,
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
-        input_size: int = 32,
+        input_size: int | None = 32,
     ):
         super().__init__()
         self.backbone = backbone
@@ -40,7 +43,8 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+        # Models with a fixed input size (ViTs) get it; convolutional networks read any size.
+        if self.input_size is not None and (x.shape[-1] != self.input_size or x.shape[-2] != self.input_size):
             x = nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         return self.backbone((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
 
@@ -85,7 +89,30 @@ class ModelName:
 
 # A family builder takes (spec, num_classes, pretrained path or tag or None, **options) -> Classifier.
 FamilyBuilder = Callable[..., Classifier]
-MODEL_FAMILIES: Registry[FamilyBuilder] = Registry("model family")
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A model family and what it knows about its models (a new family is one entry)."""
+
+    name: str
+    description: str
+    build: FamilyBuilder  # (spec, num_classes, pretrained=None, **options) -> Classifier
+    check: Callable[[str], None]  # raises UnknownNameError / ValueError for a spec it cannot build
+    transform: Callable[[str], "ImageTransform"]  # spec -> the model's own image transform
+    weights: str  # where pre-trained weights come from (askshift models prints it)
+    recipe: str  # default fine-tuning recipe: "miniature" (CPU-sized) or "paper"
+    strategies: tuple[str, ...]  # default fine-tuning strategies
+    text_tower: bool = False  # zero-shot heads (ZS-FT) need one
+    local_pretraining: bool = False  # without --pretrained, the glyph checkpoint (askshift pretrain) stands in
+
+
+MODEL_FAMILIES: Registry[ModelFamily] = Registry("model family")
+
+
+def model_family(name: str) -> ModelFamily:
+    """The family entry of a model name (``timm:resnet18`` -> the timm entry); unknown families raise."""
+    return MODEL_FAMILIES.get(ModelName.parse(name).family)
 
 # Widths of the small CNN; "width" multiplies channels so baselines can vary capacity.
 CNN_SIZES: dict[str, tuple[int, int, int]] = {
@@ -112,18 +139,38 @@ def small_cnn(channels: tuple[int, int, int]) -> nn.Sequential:
     )
 
 
-@MODEL_FAMILIES.register("cnn", "small convolutional networks (cnn:tiny|small|medium[@WIDTH]) that train in seconds on CPU")
-def build_cnn(spec: str, num_classes: int, pretrained: str | None = None, width: float = 1.0, **_: object) -> Classifier:
+# The small CNN reads photos at this side: CPU-sized (its pooling takes any size; digits stay at their 32 px).
+CNN_PHOTO_RESOLUTION = 64
+
+
+def check_cnn(spec: str) -> None:
     size, _, w = spec.partition("@")
     if size not in CNN_SIZES:
-        from lib.registry import close_matches
-
         close = close_matches(size, list(CNN_SIZES))
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown cnn size {size!r}.{hint} Choose one of: {', '.join(CNN_SIZES)}")
+        raise UnknownNameError(f"unknown cnn size {size!r}.{hint} Choose one of: {', '.join(CNN_SIZES)}")
+    if w:
+        try:
+            if float(w) <= 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"cnn width {w!r} in {spec!r} must be a positive number, e.g. cnn:small@0.5") from None
+
+
+def cnn_transform(spec: str) -> "ImageTransform":
+    from lib.transforms import ImageTransform
+
+    return ImageTransform(resolution=CNN_PHOTO_RESOLUTION, crop_pct=0.875, interpolation="area",
+                          source="cnn: CPU-sized default")
+
+
+def build_cnn(spec: str, num_classes: int, pretrained: str | None = None, width: float = 1.0, **_: object) -> Classifier:
+    """cnn:tiny|small|medium[@WIDTH]; any input size (adaptive pooling)."""
+    check_cnn(spec)
+    size, _, w = spec.partition("@")
     width = float(w) if w else width
     channels = tuple(max(1, int(round(c * width))) for c in CNN_SIZES[size])
-    model = Classifier(small_cnn(channels), channels[-1], num_classes, input_size=32)  # type: ignore[arg-type]
+    model = Classifier(small_cnn(channels), channels[-1], num_classes, input_size=None)  # type: ignore[arg-type]
     if pretrained == HUB:
         raise PretrainedUnavailable("cnn: models have no hub weights; build a local checkpoint with "
                                     "`askshift pretrain --out PATH` and pass --pretrained PATH")
@@ -186,7 +233,38 @@ def load_backbone_weights(model: Classifier, path: str) -> None:
 
 
 # --- timm: any timm model, weights from a local file or (when reachable) the hub -----------------
-@MODEL_FAMILIES.register("timm", "any timm model (timm:<arch>[.<tag>]); weights from a local file (--pretrained PATH) or the hub")
+def check_timm(spec: str) -> None:
+    import timm
+
+    arch = spec.partition(".")[0]
+    if not timm.is_model(arch):
+        close = close_matches(arch, timm.list_models())
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(f"unknown timm architecture {arch!r}.{hint} (`timm.list_models()` lists them all)")
+
+
+def timm_pretrained_cfg(spec: str) -> dict:
+    """timm's ``pretrained_cfg`` of ``arch[.tag]`` without building the model (the default tag when none is given)."""
+    import timm.models
+
+    cfg = timm.models.get_pretrained_cfg(spec) or timm.models.get_pretrained_cfg(spec.partition(".")[0])
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def timm_transform(spec: str) -> "ImageTransform":
+    from lib.transforms import ImageTransform
+
+    cfg = timm_pretrained_cfg(spec)
+    return ImageTransform(
+        resolution=int((cfg.get("input_size") or (3, 224, 224))[-1]),
+        crop_pct=float(cfg.get("crop_pct") or 0.875),
+        interpolation=str(cfg.get("interpolation") or "bilinear"),
+        mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
+        source=f"timm pretrained_cfg of {spec}",
+    )
+
+
 def build_timm(
     spec: str,
     num_classes: int,
@@ -199,11 +277,8 @@ def build_timm(
     ``timm_kwargs`` go to ``timm.create_model`` (e.g. ``depth=1`` for tiny test models)."""
     import timm
 
+    check_timm(spec)
     arch = spec.partition(".")[0]
-    if not timm.is_model(arch):
-        close = close_matches(arch, timm.list_models())
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownNameError(f"unknown timm architecture {arch!r}.{hint} (`timm.list_models()` lists them all)")
     kwargs: dict[str, object] = {**(timm_kwargs or {}), "num_classes": 0}
     askshift_file = False
     if pretrained == HUB:
@@ -229,7 +304,8 @@ def build_timm(
             raise PretrainedUnavailable(f"could not fetch pre-trained weights for timm:{spec} ({exc}); pass a local file with --pretrained PATH") from exc
         raise
     cfg = getattr(backbone, "pretrained_cfg", {}) or {}
-    input_size = img_size or int((cfg.get("input_size") or (3, 224, 224))[-1])
+    # Convolutional networks read any size; models with a fixed input (ViTs) get theirs.
+    input_size = img_size or (int((cfg.get("input_size") or (3, 224, 224))[-1]) if cfg.get("fixed_input_size") else None)
     mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
     model = Classifier(backbone, int(backbone.num_features), num_classes, mean=mean, std=std, input_size=input_size)
@@ -240,22 +316,34 @@ def build_timm(
 
 
 # --- clip: open_clip image encoder + linear head (zero-shot initialisable) ------------------------
+# Which image features a CLIP head sits on: "pre_projection" (the image tower's pooled features before its
+# projection: what the original trains FT / LP-FT heads on) or "projected" (unit-norm projected embeddings, so a
+# zero-shot head -- normalised text embeddings x logit scale -- is an ordinary linear layer: ZS-FT).
+CLIP_EMBEDDINGS = ("pre_projection", "projected")
+
+
 class ClipImageEncoder(nn.Module):
-    """The image tower of an open_clip model, returning L2-normalised embeddings.
+    """The image tower of an open_clip model, returning its pre-projection features or unit-norm embeddings."""
 
-    Normalised features make the zero-shot classifier an ordinary linear head
-    (weight = logit_scale * normalised text embeddings), so ZS-FT is plain fine-tuning.
-    """
-
-    def __init__(self, visual: nn.Module):
+    def __init__(self, visual: nn.Module, embedding: str = "projected"):
         super().__init__()
+        if embedding not in CLIP_EMBEDDINGS:
+            raise ValueError(f"unknown CLIP embedding {embedding!r}; choose one of: {', '.join(CLIP_EMBEDDINGS)}")
+        self.embedding = embedding
+        self.feature_dim = int(visual.output_dim)
+        if embedding == "pre_projection":
+            proj = getattr(visual, "proj", None)
+            if not isinstance(proj, nn.Parameter):
+                raise ValueError(f"{type(visual).__name__} has no separate projection: use embedding='projected'")
+            self.feature_dim = int(proj.shape[0])
+            visual.proj = None  # open_clip's towers skip a projection that is None
         self.visual = visual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.visual(x)
         if isinstance(out, tuple):  # towers configured to also return tokens
             out = out[0]
-        return nn.functional.normalize(out, dim=-1)
+        return out if self.embedding == "pre_projection" else nn.functional.normalize(out, dim=-1)
 
 
 def parse_clip_spec(spec: str) -> tuple[str, str | None]:
@@ -311,7 +399,33 @@ def zero_shot_head(model: Classifier, class_names, templates=None) -> Classifier
     return model
 
 
-@MODEL_FAMILIES.register("clip", "open_clip image encoders (clip:<arch>[:<tag>|:<file>]), zero-shot initialisable heads")
+def check_clip(spec: str) -> None:
+    import open_clip
+
+    arch, _ = parse_clip_spec(spec)
+    if arch not in open_clip.list_models():
+        close = close_matches(arch, open_clip.list_models())
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(f"unknown open_clip architecture {arch!r}.{hint} (`open_clip.list_models()` lists them)")
+
+
+def clip_transform(spec: str) -> "ImageTransform":
+    """open_clip's preprocess: resize the shorter side, centre crop (crop_pct 1), its mean/std."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    from lib.transforms import ImageTransform
+
+    arch, _ = parse_clip_spec(spec)
+    cfg = open_clip.get_model_config(arch) or {}
+    pp = {**PreprocessCfg().__dict__, **(cfg.get("preprocess_cfg") or {})}
+    size = (cfg.get("vision_cfg") or {}).get("image_size", pp["size"])
+    size = int(size[-1] if isinstance(size, (tuple, list)) else size)
+    return ImageTransform(resolution=size, crop_pct=1.0, interpolation=str(pp["interpolation"]),
+                          mean=tuple(float(v) for v in pp["mean"]), std=tuple(float(v) for v in pp["std"]),
+                          source=f"open_clip preprocess of {arch}")
+
+
 def build_clip(
     spec: str,
     num_classes: int,
@@ -319,10 +433,13 @@ def build_clip(
     class_names: list[str] | tuple[str, ...] | None = None,
     templates: list | tuple | None = None,
     load_weights: bool = True,
+    embedding: str | None = None,
     **_: object,
 ) -> Classifier:
     """Image tower + linear head; with ``class_names`` the head is the zero-shot classifier, then the text tower is dropped.
 
+    ``embedding``: "pre_projection" (default; FT / LP-FT heads, as in the original) or "projected" (the default
+    when ``class_names`` asks for a zero-shot head, which lives in the projected space).
     Weights: ``pretrained`` (a file path, a tag or ``"hub"``) overrides the tag in the name; a tag means
     the hub, so with HF_HUB_OFFLINE=1 it fails fast asking for a local checkpoint. ``load_weights=False``
     builds the architecture only (to load a fine-tuned checkpoint into it).
@@ -353,14 +470,13 @@ def build_clip(
         if source and not Path(source).exists():
             raise PretrainedUnavailable(f"could not fetch open_clip weights clip:{arch}:{source} ({exc}); pass a local checkpoint file") from exc
         raise
-    visual = clip_model.visual
-    pp = getattr(visual, "preprocess_cfg", {}) or {}
-    size = pp.get("size", getattr(visual, "image_size", 224))
-    size = int(size[-1] if isinstance(size, (tuple, list)) else size)
-    mean = tuple(float(v) for v in pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
-    std = tuple(float(v) for v in pp.get("std", open_clip.OPENAI_DATASET_STD))
-    feature_dim = int(open_clip.get_model_config(arch)["embed_dim"])
-    model = Classifier(ClipImageEncoder(visual), feature_dim, num_classes, mean=mean, std=std, input_size=size)
+    embedding = embedding or ("projected" if class_names is not None else "pre_projection")
+    if class_names is not None and embedding != "projected":
+        raise ValueError("a zero-shot head lives in CLIP's projected embedding space: use embedding='projected'")
+    transform = clip_transform(spec)
+    encoder = ClipImageEncoder(clip_model.visual, embedding)
+    model = Classifier(encoder, encoder.feature_dim, num_classes, mean=transform.mean, std=transform.std,
+                       input_size=transform.resolution)
     model.family_info = {"family": "clip", "arch": arch, "pretrained": source}
     if class_names is not None:
         # The text tower lives only long enough to build the head (a plain attribute, not a submodule,
@@ -373,6 +489,29 @@ def build_clip(
     return model
 
 
+def check_model_name(name: str) -> None:
+    """Raise ``UnknownNameError``/``ValueError`` (listing close matches) for a name no family can build,
+    without building anything (the CLI checks names before any training)."""
+    parsed = ModelName.parse(name)
+    MODEL_FAMILIES.get(parsed.family).check(parsed.spec)
+
+
+for _family in (
+    ModelFamily("cnn", "small convolutional networks (cnn:tiny|small|medium[@WIDTH]) that train in seconds on CPU",
+                build_cnn, check_cnn, cnn_transform,
+                weights="a local checkpoint (--pretrained PATH); without one, the glyph checkpoint of `askshift pretrain`",
+                recipe="miniature", strategies=("ft", "lp-ft"), local_pretraining=True),
+    ModelFamily("timm", "any timm model (timm:<arch>[.<tag>]); weights from a local file (--pretrained PATH) or the hub",
+                build_timm, check_timm, timm_transform,
+                weights="a local timm weight file (--pretrained PATH) or the hub", recipe="paper", strategies=("ft", "lp-ft")),
+    ModelFamily("clip", "open_clip image encoders (clip:<arch>[:<tag>|:<file>]), zero-shot initialisable heads",
+                build_clip, check_clip, clip_transform,
+                weights="a local open_clip checkpoint (clip:ARCH:FILE or --pretrained PATH) or a tag from the hub",
+                recipe="paper", strategies=("ft", "lp-ft", "zs-ft"), text_tower=True),
+):
+    MODEL_FAMILIES.add(_family.name, _family, _family.description)
+
+
 def build_model(name: str, num_classes: int, pretrained: str | None = None, **options: object) -> Classifier:
     """Build a classifier from a registered family, e.g. ``build_model("cnn:small", 10)``.
 
@@ -380,32 +519,4 @@ def build_model(name: str, num_classes: int, pretrained: str | None = None, **op
     a file path = local weights, ``"hub"`` = the model hub (fails fast when HF_HUB_OFFLINE=1).
     """
     parsed = ModelName.parse(name)
-    return MODEL_FAMILIES.get(parsed.family)(parsed.spec, num_classes, pretrained=pretrained, **options)
-
-
-def check_model_name(name: str) -> None:
-    """Raise ``UnknownNameError``/``ValueError`` (listing close matches) for a name no family can build,
-    without building anything (the CLI checks names before any training)."""
-    parsed = ModelName.parse(name)
-    if parsed.family == "cnn":
-        size = parsed.spec.partition("@")[0]
-        if size not in CNN_SIZES:
-            close = close_matches(size, list(CNN_SIZES))
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(f"unknown cnn size {size!r}.{hint} Choose one of: {', '.join(CNN_SIZES)}")
-    elif parsed.family == "timm":
-        import timm
-
-        arch = parsed.spec.partition(".")[0]
-        if not timm.is_model(arch):
-            close = close_matches(arch, timm.list_models())
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownNameError(f"unknown timm architecture {arch!r}.{hint} (`timm.list_models()` lists them all)")
-    elif parsed.family == "clip":
-        import open_clip
-
-        arch, _ = parse_clip_spec(parsed.spec)
-        if arch not in open_clip.list_models():
-            close = close_matches(arch, open_clip.list_models())
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownNameError(f"unknown open_clip architecture {arch!r}.{hint} (`open_clip.list_models()` lists them)")
+    return MODEL_FAMILIES.get(parsed.family).build(parsed.spec, num_classes, pretrained=pretrained, **options)

@@ -47,6 +47,7 @@ class DomainClassifierConfig(BaseModel):
     pretrained: str | None = Field(None, description="pre-trained weights for the model family: a local file, or "
                                    "'hub' (a clip: name with a tag, e.g. the GPU default, loads that tag)")
     linear_probe_epochs: int = Field(0, ge=0, description="epochs training only the head first (LP before FT)")
+    linear_probe_warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up of the LP stage")
     linear_probe_lr: float = Field(1e-3, gt=0)
     lrs: tuple[float, ...] = Field(CPU_LR_GRID, min_length=1, description="grid searched by held-out AUROC")
     epochs: int = Field(3, ge=1)
@@ -56,6 +57,9 @@ class DomainClassifierConfig(BaseModel):
     optimizer: str = "adamw"
     reference_size: int | None = Field(100_000, ge=1, description="reference examples sampled (paper: 100k)")
     in_memory: bool | None = Field(None, description="hold the images in memory (None: when they are few)")
+    resolution: int | None = Field(None, ge=8, description="image side the classifier reads; default: its model's own "
+                                   "(photos) or the reference's stored size (same-size arrays)")
+    flip: bool = Field(True, description="random horizontal flips in training (as the original)")
     seed: int = 0
 
     @field_validator("lrs")
@@ -70,7 +74,7 @@ def default_classifier(device: str = "cpu") -> DomainClassifierConfig:
     """The paper's CLIP ViT-L/14 LP-FT classifier on a GPU, a small CNN on CPU."""
     if str(device).startswith("cuda"):
         return DomainClassifierConfig(
-            model=GPU_CLASSIFIER_MODEL, linear_probe_epochs=4,
+            model=GPU_CLASSIFIER_MODEL, linear_probe_epochs=8, linear_probe_warmup_epochs=1.0,
             linear_probe_lr=1e-3, lrs=PAPER_LR_GRID, epochs=8, warmup_epochs=1, batch_size=64, weight_decay=0.1,
         )
     return DomainClassifierConfig()

@@ -386,8 +386,10 @@ class RunConfig(BaseModel):
     pretrained: str | None = None
     train_fraction: float = Field(1.0, gt=0, le=1, description="random subset of source_train (seeded by train.seed)")
     train: TrainConfig = TrainConfig()
-    flip: bool = False
+    flip: bool = Field(False, description="random horizontal flips of same-size arrays (photos are always flipped)")
     translate: int = Field(0, ge=0, description="random translation in pixels (training only)")
+    resolution: int | None = Field(None, ge=8, description="image side the model reads; None = the model's own "
+                                   "(photos) or as stored (same-size arrays)")
     group: str = Field("baseline", description="model group the kept checkpoints are registered under")
     label: str | None = Field(None, description="readable prefix of the model ids; derived when None")
 
@@ -459,9 +461,10 @@ def train_run(
 
     Returns the model ids.  A run already marked done is not trained again.
     """
-    from lib.loaders import LoaderConfig, split_info
+    from lib.loaders import split_info
     from lib.models import build_model
     from lib.specs import get_spec
+    from lib.transforms import loader_config
 
     run_id = run.run_id()
     if exp.is_done(run_id):
@@ -474,10 +477,10 @@ def train_run(
     indices = subset_indices(kept, run.train_fraction, run.train.seed)
     run_dir = exp.run_dir(run_id)
     atomic_write_json(run_dir / "config.json", run)
-    loader_config = LoaderConfig(batch_size=run.train.batch_size, num_workers=num_workers, flip=run.flip,
-                                 translate=run.translate, device=device)
-
-    make_loader = epoch_loader_factory(spec, "source_train", cache_dir, loader_config, run.train.seed, indices)
+    config = loader_config(spec.reference.dataset, run.architecture, train=True, resolution=run.resolution,
+                           flip=run.flip, batch_size=run.train.batch_size, num_workers=num_workers,
+                           translate=run.translate, device=device)
+    make_loader = epoch_loader_factory(spec, "source_train", cache_dir, config, run.train.seed, indices)
 
     with _INIT_LOCK:  # the global RNGs are shared by threads: initial weights must follow this run's seed only
         seed_everything(run.train.seed)
@@ -491,7 +494,7 @@ def train_run(
         model_id = run.model_id(epoch)
         exp.register_model(
             model_id, run.group, run=run_id, epoch=epoch, architecture=run.architecture,
-            num_classes=info.num_classes, model_options=dict(run.model_options),
+            num_classes=info.num_classes, model_options=dict(run.model_options), resolution=run.resolution,
             checkpoint=str(path.relative_to(exp.root)), train_fraction=run.train_fraction,
             seed=run.train.seed, train_loss=history[epoch].loss, train_accuracy=history[epoch].accuracy,
         )

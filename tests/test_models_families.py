@@ -97,11 +97,31 @@ def test_clip_loads_a_local_open_clip_checkpoint(tiny_clip_config, tmp_path):
 
     clip = open_clip.create_model(tiny_clip_config)
     torch.save(clip.state_dict(), tmp_path / "clip.pt")
-    model = build_model(f"clip:{tiny_clip_config}:{tmp_path / 'clip.pt'}", 3)
+    projected = build_model(f"clip:{tiny_clip_config}:{tmp_path / 'clip.pt'}", 3, embedding="projected")
+    clip.eval(), projected.eval()
+    x = _images()
+    expected = clip.encode_image((x - projected.mean) / projected.std, normalize=True)
+    assert torch.allclose(projected.features(x), expected, atol=1e-6)
+    _train_step(projected)
+
+
+def test_clip_ft_heads_sit_on_the_image_towers_pre_projection_features(tiny_clip_config, tmp_path):
+    import open_clip
+
+    clip = open_clip.create_model(tiny_clip_config)
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    model = build_model(f"clip:{tiny_clip_config}:{tmp_path / 'clip.pt'}", 3)  # FT / LP-FT: the default
     clip.eval(), model.eval()
     x = _images()
-    expected = clip.encode_image((x - model.mean) / model.std, normalize=True)
-    assert torch.allclose(model.features(x), expected, atol=1e-6)
+    xn = (x - model.mean) / model.std
+    with torch.no_grad():
+        embedded = clip.encode_image(xn, normalize=True)
+        projection = clip.visual.proj.detach().clone()
+        features = model.features(x)
+    assert model.feature_dim == projection.shape[0] != projection.shape[1]
+    # the pre-projection feature times CLIP's projection is CLIP's own embedding: the head sits one layer earlier
+    assert torch.allclose(torch.nn.functional.normalize(features @ projection, dim=-1), embedded, atol=1e-5)
+    assert "backbone.visual.proj" not in model.state_dict()
     _train_step(model)
 
 

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-epochs", nargs="+", metavar="E", help="epochs kept as baseline models (default: all)")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--batch-size", type=int, help="training batch size")
+    parser.add_argument("--resolution", type=int, metavar="N",
+                        help="image side the models read (default: the model's own; photos of mixed sizes need no flag)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--cache-dir", help="where .beton files are cached (default STORE/_cache)")
 
@@ -51,7 +53,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     fields = ["dataset", "shift", "store", "epochs", "root", "experiment", "model", "lr", "batch_size", "device",
-              "cache_dir", *_LIST_FIELDS]
+              "cache_dir", "resolution", *_LIST_FIELDS]
     values = {}
     for field in fields:
         value = getattr(args, field, None)

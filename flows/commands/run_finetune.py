@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", help="experiment folder name (default: the spec's name, as the baseline)")
     parser.add_argument("--root", help="dataset folder for datasets that are not bundled")
     parser.add_argument("--cache-dir", help=".beton and checkpoint cache (default STORE/_cache)")
+    parser.add_argument("--resolution", type=int, metavar="N",
+                        help="image side the models read (default: each model's own -- timm pretrained_cfg, open_clip "
+                             "preprocess, 64 px for cnn: -- so photos of mixed sizes need no flag)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
 
@@ -66,18 +69,14 @@ def _pretrained(values: list[str] | None, models: list[str]) -> dict[str, str]:
 
 def hparams_from_args(args: argparse.Namespace, models: list[str], preset: str | None):
     """The recipe (preset / miniature / paper) with the flags' overrides; CliError for bad values."""
-    from lib.finetune import PRESETS, FinetuneHparams
+    from lib.finetune import PRESETS, RECIPES, FinetuneHparams, default_recipe
 
-    from flows.finetune import MINIATURE
-
-    if args.recipe == "paper":
-        base = FinetuneHparams()
-    elif args.recipe == "miniature":
-        base = MINIATURE
+    if args.recipe:
+        base = RECIPES[args.recipe]
     elif preset:
         base = PRESETS.get(preset).hparams
     else:
-        base = MINIATURE if all(m.startswith("cnn:") for m in models) else FinetuneHparams()
+        base = default_recipe(models)
     update: dict[str, Any] = {}
     grid = _floats(args.lr_grid, "--lr-grid")
     if grid is not None:
@@ -131,19 +130,21 @@ def build_config(args: argparse.Namespace):
         "experiment": args.experiment, "cache_dir": args.cache_dir, "preset": preset, "models": tuple(models),
         "strategies": tuple(strategies), "same_arch_control": not args.no_control,
         "pretrained": _pretrained(args.pretrained, models), "hparams": hparams, "seed": args.seed,
-        "dfr_split": args.dfr_split, "device": args.device,
+        "dfr_split": args.dfr_split, "device": args.device, "resolution": args.resolution,
         "baseline": {"epochs": args.baseline_epochs} if args.baseline_epochs else {},
     }
     config = _validated(FinetuneConfig, data, "fine-tuning")
     from pathlib import Path
 
     from lib.finetune import check_weights
+    from lib.models import model_family
 
     for model in config.models:
         path = config.pretrained.get(model)
         if path is not None and path != "hub" and not Path(path).exists():
             raise CliError(f"--pretrained {path}: no such file (build one with `askshift pretrain --out {path}`)")
-        if path is None and model.startswith("timm:"):
+        family = model_family(model)
+        if path is None and not family.local_pretraining and not family.text_tower:
             path = "hub"  # what the flow will ask for
         try:
             check_weights(model, path)

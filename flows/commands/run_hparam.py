@@ -37,7 +37,9 @@ def build_config(args: argparse.Namespace):
     from flows.finetune import AblationConfig
 
     base = run_finetune.build_config(args)
-    strategy = args.strategy or ("zs-ft" if base.models[0].startswith("clip:") else "ft")
+    from lib.finetune import default_strategy
+
+    strategy = args.strategy or default_strategy(base.models[0])
     if args.strategy and args.strategy not in base.strategies:
         base = base.model_copy(update={"strategies": (*base.strategies, args.strategy)})
     from lib.finetune import STRATEGIES, FinetuneInputError, validate_finetune
