@@ -202,17 +202,26 @@ def in_memory_images(data: DomainData, read_reference: SplitReader, read_shifted
 
 # --- fitting and scoring ----------------------------------------------------------------------------
 
-def train_configs(config: DomainClassifierConfig, lr: float) -> list[tuple[str, Any]]:
-    """The stages of one domain-classifier fit: an optional linear probe, then full fine-tuning."""
+def train_configs(config: DomainClassifierConfig, lr: float, n_train: int | None = None) -> list[tuple[str, Any]]:
+    """The stages of one domain-classifier fit: an optional linear probe, then full fine-tuning.
+
+    With ``n_train`` (examples trained on), each stage runs at least ``config.min_steps`` steps.
+    """
     from lib.training import TrainConfig
+
+    def epochs(wanted: int) -> int:
+        if not n_train or not config.min_steps:
+            return wanted
+        steps = max(1, n_train // config.batch_size)
+        return max(wanted, math.ceil(config.min_steps / steps))
 
     stages = []
     if config.linear_probe_epochs:
-        stages.append(("lp", TrainConfig(epochs=config.linear_probe_epochs, lr=config.linear_probe_lr,
+        stages.append(("lp", TrainConfig(epochs=epochs(config.linear_probe_epochs), lr=config.linear_probe_lr,
                                          optimizer="adamw", warmup_epochs=config.linear_probe_warmup_epochs,
                                          weight_decay=0.0, freeze_backbone=True,
                                          batch_size=config.batch_size, seed=config.seed)))
-    stages.append(("ft", TrainConfig(epochs=config.epochs, lr=lr, optimizer=config.optimizer,
+    stages.append(("ft", TrainConfig(epochs=epochs(config.epochs), lr=lr, optimizer=config.optimizer,
                                      warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay,
                                      grad_clip=1.0, batch_size=config.batch_size, seed=config.seed)))
     return stages
@@ -230,7 +239,7 @@ def fit_domain_classifier(images: DomainImages, train_positions: np.ndarray, con
     with _init_lock:
         seed_everything(config.seed)  # initial weights follow the seed
         model = build_model(config.model, 2, pretrained=config.pretrained)
-    for name, train_config in train_configs(config, lr):
+    for name, train_config in train_configs(config, lr, len(train_positions)):
         if hasattr(model, "freeze_backbone"):
             model.freeze_backbone(train_config.freeze_backbone)
         gate = _OnceLock(_init_lock)

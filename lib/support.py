@@ -51,6 +51,8 @@ class DomainClassifierConfig(BaseModel):
     linear_probe_lr: float = Field(1e-3, gt=0)
     lrs: tuple[float, ...] = Field(CPU_LR_GRID, min_length=1, description="grid searched by held-out AUROC")
     epochs: int = Field(3, ge=1)
+    min_steps: int = Field(100, ge=0, description="train at least this many steps per stage (more epochs on small sets: "
+                           "a few hundred images give a handful of batches per epoch)")
     warmup_epochs: int = Field(0, ge=0)
     batch_size: int = Field(128, ge=2)
     weight_decay: float = Field(5e-4, ge=0)

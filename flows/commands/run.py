@@ -35,7 +35,12 @@ def _runner(module):
     def run(args: argparse.Namespace) -> int:
         from flows.backends import task_runner_from_args
 
+        # Lines a command wants printed after everything else, the temporary server's goodbye included.
+        args.closing_lines = []
         with task_runner_from_args(args) as task_runner:
-            return module.execute(args, task_runner)
+            status = module.execute(args, task_runner)
+        for line in args.closing_lines:
+            print(line, flush=True)
+        return status
 
     return run

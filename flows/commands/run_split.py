@@ -131,11 +131,19 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
 
     runner = split_shift if task_runner is None else split_shift.with_options(task_runner=task_runner)
     results = runner(config)
+    closing = getattr(args, "closing_lines", None)
+    closing = closing if closing is not None else []
     for target, result in results.items():
         state = "" if result["separated"] else "  (domain classifier did not separate the sets: see the report)"
         print(f"{result['split']}: {result['in_support']} in-support, {result['out_of_support']} out-of-support "
               f"at epsilon {config.epsilon:g}; AUROC {result['auroc']:.3f}{state}")
         print(f"  {result['section']}")
+        total = result["in_support"] + result["out_of_support"]
+        # The last two lines (per target), after the temporary server has stopped: what scripts read.
+        closing += [f"auroc: {result['auroc']:.3f}",
+                    f"out_of_support: {result['out_of_support']} of {total} (epsilon={config.epsilon:g})"]
+    if getattr(args, "closing_lines", None) is None:
+        print("\n".join(closing))
     return 0
 
 
