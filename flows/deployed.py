@@ -20,7 +20,8 @@ from flows.demo import demo
 from flows.execution import Execution
 from flows.finetune import AblationConfig, FinetuneConfig, hparam_ablation, pretrained_finetune
 from flows.report import report
-from flows.split import SplitConfig, ZooConfig, split_shift, zoo_evaluate
+from flows.split import SplitConfig, split_shift
+from flows.zoo import ZooConfig, zoo_evaluate
 from lib.demo import DemoConfig
 from lib.report import ReportResult
 

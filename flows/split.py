@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import wait
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lib.domain_classifier import DomainSetup, load_domain_data, position_images
+from lib.domain_classifier import DomainSetup, load_domain_data, parity_spec, position_images
 from lib.specs import ExperimentSpec
 from lib.store import ExperimentStore, Store, atomic_write_text
 from lib.support import (DEFAULT_EPSILON, DEFAULT_FOLDS, EPSILONS, DomainClassifierConfig, SupportEstimate,
@@ -82,7 +82,9 @@ class SplitConfig(BaseModel):
         return names
 
     def setup(self, target: str) -> DomainSetup:
-        return DomainSetup(spec=self.spec, reference_split=self.reference_split, shifted_split=f"{target}_val",
+        # Both sides stored alike, so the classifier cannot tell them apart by file format or size.
+        spec = parity_spec(self.spec, self.reference_split, f"{target}_val")
+        return DomainSetup(spec=spec, reference_split=self.reference_split, shifted_split=f"{target}_val",
                            cache_dir=self.resolved_cache_dir(), classifier=self.classifier, folds=self.folds,
                            seed=self.seed)
 
@@ -194,72 +196,4 @@ def split_shift(config: SplitConfig) -> dict[str, dict[str, Any]]:
     return {t: split_one_target(config, exp, t, logger.info) for t in targets}
 
 
-class ZooConfig(BaseModel):
-    """Parameters of ``zoo_evaluate``: which published timm models, on which reference and shifted sets."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    split: SplitConfig = Field(description="the data (spec), store and split settings; its targets are the shifts")
-    baseline_models: tuple[str, ...] | None = Field(
-        None, description="from-scratch models (timm arch.tag); default the paper's 78 ImageNet models")
-    pretrained_models: tuple[str, ...] | None = Field(
-        None, description="pre-trained models (timm arch.tag); default the paper's 55")
-    weights_dir: str | None = Field(None, description="folder of <arch.tag>.safetensors|.pth weight files "
-                                                      "(default: the hub, which needs network access)")
-    num_classes: int | None = Field(None, ge=1, description="head size when the weight files are not ImageNet-1k")
-    input_size: int | None = Field(None, ge=8, description="resize images to this instead of each model's own size "
-                                                             "(cheap CPU checks; None keeps the published size)")
-    batch_size: int = Field(256, ge=1)
-    run_split: bool = Field(True, description="split the shifts (or reuse stored splits) and report ER per part")
-
-    def model_groups(self) -> dict[str, str]:
-        from lib.paper_zoo import BASELINE_GROUP, PRETRAINED_GROUP, paper_zoo
-
-        baseline = self.baseline_models if self.baseline_models is not None else tuple(paper_zoo(BASELINE_GROUP))
-        pretrained = self.pretrained_models if self.pretrained_models is not None else tuple(paper_zoo(PRETRAINED_GROUP))
-        both = set(baseline) & set(pretrained)
-        if both:
-            raise ValueError(f"model(s) listed as both baseline and pre-trained: {', '.join(sorted(both))}")
-        return {**{m: BASELINE_GROUP for m in baseline}, **{m: PRETRAINED_GROUP for m in pretrained}}
-
-
-@flow(name="zoo_evaluate", log_prints=True)
-def zoo_evaluate(config: ZooConfig) -> dict[str, Any]:
-    """Predict every zoo model on the reference and shifted splits (one task per (model, split)), then the
-    split flow's in/out-of-support parts and ER per part (baseline = the from-scratch models)."""
-    from lib.support_report import support_er
-    from tasks.zoo import predict_zoo_model
-
-    logger = get_run_logger()
-    split_config = config.split
-    exp = Store(split_config.store).experiment(split_config.experiment_name())
-    groups = config.model_groups()
-    targets = split_config.target_names()
-    splits = [split_config.eval_reference_split, *(f"{t}_val" for t in targets)]
-    exp.write_config(config, name="zoo_config")
-    for model, group in groups.items():
-        exp.register_model(model, group, architecture=f"timm-zoo:{model}", source="zoo_evaluate")
-    store = str(Store(split_config.store).root)
-    futures = [predict_zoo_model.submit(store, exp.name, model, split, split_config.spec,
-                                        split_config.resolved_cache_dir(), config.weights_dir, config.num_classes,
-                                        split_config.device, config.batch_size, split_config.num_workers,
-                                        config.input_size)
-               for model in groups for split in splits]
-    wait(futures)
-    failed = [f for f in futures if f.state.is_failed()]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(futures)} zoo predictions failed; first: {failed[0].result(raise_on_failure=False)}")
-    logger.info(f"predicted {len(groups)} models on {', '.join(splits)}")
-    out: dict[str, Any] = {}
-    for target in targets:
-        split = f"{target}_val"
-        if config.run_split:
-            out[target] = split_one_target(split_config, exp, target, logger.info)
-        elif exp.subsplit_path(split).exists():
-            er = support_er(exp, split_config.eval_reference_split, split, split_config.baseline_group)
-            exp.write_table(f"support_er_{target}", er.groups)
-            out[target] = {"split": split, "er": er.groups.to_dicts(), "messages": er.messages}
-    return out
-
-
-__all__ = ["SplitConfig", "ZooConfig", "split_shift", "split_one_target", "zoo_evaluate"]
+__all__ = ["SplitConfig", "split_shift", "split_one_target"]

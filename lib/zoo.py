@@ -2,7 +2,9 @@
 
 Input: a copy of the ``results/`` folder of huggingface/pytorch-image-models (top-1 in percent per model
 ``arch.tag``).  The reference accuracy is ImageNet-1k val (``results-imagenet.csv``) for V2 and Sketch,
-and ImageNet val restricted to the same 200 classes (``results-imagenet-{r,a}-clean.csv``) for R and A.
+and ImageNet val restricted to the same 200 classes (``results-imagenet-{r,a}-clean.csv``) for R and A:
+the convention of ``lib.class_subset`` (predictions among the 200 classes on both sets, reference examples
+of those classes only), which ``zoo_evaluate`` applies to the predictions it makes itself.
 
 Grouping rule (default; override with ``pretrained_pattern``, a regex searched in the full name):
 a model is ``pretrained`` when its weight tag (after the first '.') names data beyond ImageNet-1k,
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import polars as pl
 
+from lib.class_subset import timm_reference_file
 from lib.registry import Registry
 
 _TOKENS = (
@@ -47,13 +50,15 @@ class ZooShift:
 
 ZOO_SHIFTS: Registry[ZooShift] = Registry("zoo shift")
 for _shift in (
-    ZooShift("v2", "ImageNet-V2 (matched frequency)", "results-imagenet.csv", "results-imagenetv2-matched-frequency.csv",
-             50_000, 10_000, "ImageNet val"),
-    ZooShift("sketch", "ImageNet-Sketch", "results-imagenet.csv", "results-sketch.csv", 50_000, 50_889, "ImageNet val"),
-    ZooShift("r", "ImageNet-R", "results-imagenet-r-clean.csv", "results-imagenet-r.csv", 10_000, 30_000,
-             "ImageNet val, R's 200 classes"),
-    ZooShift("a", "ImageNet-A", "results-imagenet-a-clean.csv", "results-imagenet-a.csv", 10_000, 7_500,
-             "ImageNet val, A's 200 classes"),
+    ZooShift("v2", "ImageNet-V2 (matched frequency)", timm_reference_file("v2", covers_some_classes=False),
+             "results-imagenetv2-matched-frequency.csv", 50_000, 10_000, "ImageNet val"),
+    ZooShift("sketch", "ImageNet-Sketch", timm_reference_file("sketch", covers_some_classes=False), "results-sketch.csv",
+             50_000, 50_889, "ImageNet val"),
+    # R and A cover 200 of the 1000 classes (lib.class_subset): 200-way on both sets, reference = val of those classes.
+    ZooShift("r", "ImageNet-R", timm_reference_file("r", covers_some_classes=True), "results-imagenet-r.csv", 10_000,
+             30_000, "ImageNet val, R's 200 classes"),
+    ZooShift("a", "ImageNet-A", timm_reference_file("a", covers_some_classes=True), "results-imagenet-a.csv", 10_000,
+             7_500, "ImageNet val, A's 200 classes"),
 ):
     ZOO_SHIFTS.add(_shift.name, _shift, _shift.title)
 

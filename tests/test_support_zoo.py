@@ -75,7 +75,8 @@ def zoo_data(tmp_path_factory):
 @pytest.mark.slow
 def test_zoo_evaluate_predicts_each_model_on_each_split_then_reports_er_per_part(prefect_api, zoo_data):
     """The split itself is tested by split-check; here a stored split (the true membership) is reused."""
-    from flows.split import SplitConfig, ZooConfig, zoo_evaluate
+    from flows.split import SplitConfig
+    from flows.zoo import ZooConfig, zoo_evaluate
     from lib.store import Store
 
     spec, weights, truth, folder = zoo_data
