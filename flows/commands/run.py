@@ -37,6 +37,9 @@ def _runner(module):
 
         # Lines a command wants printed after everything else, the temporary server's goodbye included.
         args.closing_lines = []
+        # Bad input is one line before anything starts: the config is built (and checked) before the server.
+        build = getattr(module, "build_config", None)
+        args.prepared = build(args) if build is not None else None
         with task_runner_from_args(args) as task_runner:
             status = module.execute(args, task_runner)
         for line in args.closing_lines:

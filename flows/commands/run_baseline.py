@@ -114,7 +114,7 @@ def _check_names(config) -> None:
 
 
 def execute(args: argparse.Namespace, task_runner: Any) -> int:
-    config = build_config(args)
+    config = getattr(args, "prepared", None) or build_config(args)  # checked before the server started
     from flows.baseline import synthetic_shift_baseline
 
     runner = synthetic_shift_baseline if task_runner is None else synthetic_shift_baseline.with_options(task_runner=task_runner)

@@ -154,7 +154,7 @@ def build_config(args: argparse.Namespace):
 
 
 def execute(args: argparse.Namespace, task_runner: Any) -> int:
-    config = build_config(args)
+    config = getattr(args, "prepared", None) or build_config(args)  # checked before the server started
     from lib.finetune import FinetuneInputError
     from lib.models import PretrainedUnavailable
 

@@ -60,7 +60,7 @@ def build_config(args: argparse.Namespace):
 
 
 def execute(args: argparse.Namespace, task_runner: Any) -> int:
-    config = build_config(args)
+    config = getattr(args, "prepared", None) or build_config(args)  # checked before the server started
     from flows.finetune import hparam_ablation
 
     runner = hparam_ablation if task_runner is None else hparam_ablation.with_options(task_runner=task_runner)

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lrs", type=float, nargs="+", metavar="LR", help="learning-rate grid (picked by held-out AUROC)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs of each fold's classifier")
     parser.add_argument("--reference-size", type=int, help="reference examples sampled (default 100000)")
+    parser.add_argument("--resolution", type=int, metavar="N",
+                        help="image side the domain classifier reads (default: its model's own for photos, e.g. 64 px "
+                             "for cnn:small; the reference's stored size for same-size arrays)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     parser.add_argument("--cache-dir", help="where .beton files are cached (default STORE/_cache)")
     parser.add_argument("--seed", type=int, default=0)
@@ -103,7 +106,7 @@ def build_config(args: argparse.Namespace):
         if args.classifier:
             _check_classifier(args.classifier)
             updates.update(model=args.classifier, linear_probe_epochs=classifier.linear_probe_epochs if args.pretrained else 0)
-        for field in ("pretrained", "lrs", "epochs", "reference_size"):
+        for field in ("pretrained", "lrs", "epochs", "reference_size", "resolution"):
             value = getattr(args, field)
             if value is not None:
                 updates[field] = tuple(value) if field == "lrs" else value
@@ -114,8 +117,11 @@ def build_config(args: argparse.Namespace):
         if epsilon is not None:
             fields["epsilon"] = epsilon
         config = SplitConfig(**fields)
+        from lib.domain_classifier import domain_decoding
+
         for target in config.target_names():
             load_domain_data(config.setup(target))  # classes, sizes and folds are checked here
+            domain_decoding(config.setup(target))  # both sides decodable alike at these settings
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "setting"
@@ -126,7 +132,7 @@ def build_config(args: argparse.Namespace):
 
 
 def execute(args: argparse.Namespace, task_runner: Any) -> int:
-    config = build_config(args)
+    config = getattr(args, "prepared", None) or build_config(args)  # checked before the server started
     from flows.split import split_shift
 
     runner = split_shift if task_runner is None else split_shift.with_options(task_runner=task_runner)

@@ -213,7 +213,7 @@ def er_lines(rows: list[dict[str, Any]], messages: dict[str, str]) -> list[str]:
 
 
 def execute(args: argparse.Namespace, task_runner: Any) -> int:
-    config = build_config(args)
+    config = getattr(args, "prepared", None) or build_config(args)  # checked before the server started
     from flows.zoo import zoo_evaluate
     from lib.store import Store
 
