@@ -126,7 +126,7 @@ def build_config(args: argparse.Namespace):
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "setting"
         raise CliError(f"invalid split setting {where!r}: {err.get('msg', '').removeprefix('Value error, ')}") from None
-    except (SupportInputError, UnknownNameError, FileNotFoundError, ValueError) as exc:
+    except (SupportInputError, UnknownNameError, OSError, ValueError) as exc:
         raise CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     return config
 
