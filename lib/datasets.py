@@ -291,7 +291,17 @@ def imagefolder(root: str, split: str) -> ImageDataset:
     base = _require_dir(Path(root).expanduser(), "imagefolder", IMAGEFOLDER_LAYOUT)
     split_dir = _require_dir(base / split, "imagefolder", IMAGEFOLDER_LAYOUT)
     class_source = base / "train" if (base / "train").is_dir() else split_dir
-    classes = [p.name for p in _class_folders(class_source)]
+    class_dirs = _class_folders(class_source)
+    classes = [p.name for p in class_dirs]
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise DatasetLayoutError(f"dataset 'imagefolder': {class_source} needs at least two class folders (found {found}); "
+                                 f"a classifier of one class learns nothing. Expected layout: {IMAGEFOLDER_LAYOUT}")
+    empty = [p for p in class_dirs if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in p.rglob("*"))]
+    if empty:
+        raise DatasetLayoutError(f"dataset 'imagefolder': class folder {empty[0]} has no images"
+                                 f"{f' ({len(empty) - 1} more)' if len(empty) > 1 else ''}; classes come from the "
+                                 f"folders of {class_source.name}/: add images or remove the folder")
     folders = []
     for folder in _class_folders(split_dir):
         if folder.name not in classes:

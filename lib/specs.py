@@ -244,6 +244,20 @@ def load_spec(path: str | os.PathLike) -> ExperimentSpec:
     return ExperimentSpec.model_validate(data)
 
 
+def check_spec_data(spec: ExperimentSpec) -> None:
+    """Open every split of ``spec`` as a dataset (file lists and layouts, no decoding): a wrong path, a missing
+    ``val/``, one class or an empty class folder raises its one-line error here, before any compute."""
+    from lib.datasets import load_dataset
+
+    seen = set()
+    for split in spec.splits():
+        dist, dataset_split = spec.distribution(split)
+        key = (dist.dataset, dataset_split, dist.root)
+        if key not in seen:
+            seen.add(key)
+            load_dataset(dist.dataset, dataset_split, dist.root, **dist.dataset_options)
+
+
 def get_spec(shift: str, dataset: str = "digits", root: str | None = None) -> ExperimentSpec:
     """A preset by name (``out_of_support``, ``tint_p=0.7``, ``label_p=0.25``, ...) or a YAML/JSON spec file."""
     if shift.lower().endswith((".yaml", ".yml", ".json")):

@@ -131,3 +131,16 @@ def test_labels_of_mixed_size_photos_survive_the_crop_pipeline(photos, tmp_path)
     labels, indices = torch.cat(labels).numpy(), torch.cat(indices).numpy()
     assert np.array_equal(np.sort(indices), info.indices)
     assert np.array_equal(labels, np.asarray(info.labels)[indices])
+
+
+def test_an_imagefolder_with_one_class_or_an_empty_class_folder_is_one_clear_line(tmp_path):
+    from lib.datasets import DatasetLayoutError, load_dataset
+    from photo_fixtures import add_empty_class
+
+    one = make_imagefolder(tmp_path / "one", classes=1, per_class=(2, 1), seed=0)
+    with pytest.raises(DatasetLayoutError, match="at least two class folders"):
+        load_dataset("imagefolder", "train", root=one)
+    root = make_imagefolder(tmp_path / "two", classes=2, per_class=(2, 1), seed=0)
+    add_empty_class(root, "train", "zz_empty")
+    with pytest.raises(DatasetLayoutError, match="zz_empty has no images"):
+        load_dataset("imagefolder", "train", root=root)

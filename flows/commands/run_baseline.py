@@ -111,6 +111,12 @@ def _check_names(config) -> None:
             raise CliError(f"dataset {dist.dataset!r} is read from a local folder: pass --root PATH ({info.layout})")
         if dist.root and not Path(dist.root).expanduser().exists():
             raise CliError(f"dataset folder {dist.root} does not exist (dataset {dist.dataset!r} expects: {info.layout})")
+    from lib.specs import check_spec_data
+
+    try:
+        check_spec_data(spec)
+    except (OSError, ValueError) as exc:  # DatasetLayoutError is an OSError
+        raise CliError(str(exc).splitlines()[0]) from None
 
 
 def execute(args: argparse.Namespace, task_runner: Any) -> int:

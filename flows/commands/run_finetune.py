@@ -122,8 +122,10 @@ def build_config(args: argparse.Namespace):
             check_model_name(model)
         hparams = hparams_from_args(args, models, preset)
         validate_finetune(models, strategies, hparams, preset=preset, class_names_needed=False)
-        get_spec(args.shift, dataset=args.dataset, root=args.root)
-    except (UnknownNameError, FinetuneInputError, PretrainedUnavailable, ValueError, FileNotFoundError) as exc:
+        from lib.specs import check_spec_data
+
+        check_spec_data(get_spec(args.shift, dataset=args.dataset, root=args.root))
+    except (UnknownNameError, FinetuneInputError, PretrainedUnavailable, ValueError, OSError) as exc:
         raise CliError(str(exc).splitlines()[0]) from None
     data = {
         "dataset": args.dataset, "shift": args.shift, "root": args.root, "store": args.store,
