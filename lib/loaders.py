@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lib.beton import BetonFile, BetonOptions, ensure_beton
+from lib.transforms import TRAIN_CROP_SCALE
 from lib.shifts import example_uniform, make_shift
 from lib.specs import DistributionSpec, ExperimentSpec
 
@@ -147,9 +148,43 @@ def split_info(spec: ExperimentSpec, split: str, cache_dir: str | os.PathLike) -
     )
 
 
+def _seed_from_batch(batch_indices):
+    # FNV-1a over the batch's example order: the traversal order is a function of (seed, epoch), so the crops are too.
+    h = np.uint64(14695981039346656037)
+    for k in range(len(batch_indices)):
+        h = (h ^ np.uint64(batch_indices[k] + 1)) * np.uint64(1099511628211)
+    np.random.seed(np.int64(h >> np.uint64(33)))
+
+
+_SEEDED_CROP = None
+
+
+def seeded_random_resized_crop(output_size: tuple[int, int], scale: tuple[float, float]):
+    """FFCV's own ``RandomResizedCropRGBImageDecoder``, its (numba) generator seeded per batch from the batch's
+    example order: a run, and a run resumed from a checkpoint, draw the same crops.  Exact with one decoding
+    thread (tasks use one); with several, numba gives each thread its own generator and crops vary."""
+    global _SEEDED_CROP
+    if _SEEDED_CROP is None:
+        from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
+        from ffcv.pipeline.compiler import Compiler
+
+        class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
+            def generate_code(self):
+                decode = Compiler.compile(super().generate_code())
+                seed = Compiler.compile(_seed_from_batch)
+
+                def seeded_decode(batch_indices, my_storage, metadata, storage_state):
+                    seed(batch_indices)
+                    return decode(batch_indices, my_storage, metadata, storage_state)
+
+                return seeded_decode
+
+        _SEEDED_CROP = SeededRandomResizedCrop
+    return _SEEDED_CROP(output_size, scale=scale)
+
+
 def _image_pipeline(config: LoaderConfig, train: bool, stored_shape: tuple[int, int] | None):
-    from ffcv.fields.decoders import (CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder,
-                                      SimpleRGBImageDecoder)
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
     from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
     res = config.resolution
@@ -170,9 +205,9 @@ def _image_pipeline(config: LoaderConfig, train: bool, stored_shape: tuple[int, 
     elif decoder_name == "center_crop":
         decoder = CenterCropRGBImageDecoder((res, res), ratio=config.center_crop_ratio)
     elif decoder_name == "random_crop":
-        decoder = RandomResizedCropRGBImageDecoder((res, res), scale=(0.35, 1.0))
+        decoder = seeded_random_resized_crop((res, res), scale=(0.35, 1.0))
     else:
-        decoder = RandomResizedCropRGBImageDecoder((res, res))
+        decoder = seeded_random_resized_crop((res, res), scale=TRAIN_CROP_SCALE)
     ops = [decoder, ToTensor()]
     if config.torch_device.type != "cpu":
         ops.append(ToDevice(config.torch_device, non_blocking=True))

@@ -144,3 +144,28 @@ def test_an_imagefolder_with_one_class_or_an_empty_class_folder_is_one_clear_lin
     add_empty_class(root, "train", "zz_empty")
     with pytest.raises(DatasetLayoutError, match="zz_empty has no images"):
         load_dataset("imagefolder", "train", root=root)
+
+
+def test_photo_training_resumed_from_its_last_epoch_checkpoint_ends_with_identical_weights(photos, tmp_path):
+    """FFCV's random-resized crops are seeded per batch from the example order, so a resumed run replays them."""
+    from lib.store import Store, load_torch
+    from lib.training import RunConfig, TrainConfig, train_run
+
+    run = RunConfig(dataset="imagefolder", shift="out_of_support", root=str(photos / "A"), architecture="cnn:tiny",
+                    train=TrainConfig(epochs=3, lr=3e-3, batch_size=8, warmup_epochs=0.5, seed=4), resolution=32)
+    quiet = lambda _m: None  # noqa: E731
+    straight = Store(tmp_path / "a").experiment("e")
+    train_run(straight, run, tmp_path / "cache", device="cpu", log=quiet)
+    resumed = Store(tmp_path / "b").experiment("e")
+    train_run(resumed, run, tmp_path / "cache", device="cpu", log=quiet)
+    # as if killed during epoch 3: its checkpoint, the kept model and the done marker were never written
+    ckpt = resumed.checkpoint_dir(run.run_id())
+    for path in [ckpt / "epoch_3.pt", ckpt / "kept" / "epoch_3.pt", resumed.run_dir(run.run_id()) / "done"]:
+        path.unlink(missing_ok=True)
+    said: list[str] = []
+    train_run(resumed, run, tmp_path / "cache", device="cpu", log=said.append)
+    assert any(line.startswith("resuming from epoch 2/3") for line in said), said
+    a = load_torch(straight.checkpoint_dir(run.run_id()) / "kept" / "epoch_3.pt")
+    b = load_torch(ckpt / "kept" / "epoch_3.pt")
+    a, b = a.get("model", a), b.get("model", b)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
