@@ -103,6 +103,7 @@ class ModelFamily:
     weights: str  # where pre-trained weights come from (askshift models prints it)
     recipe: str  # default fine-tuning recipe: "miniature" (CPU-sized) or "paper"
     strategies: tuple[str, ...]  # default fine-tuning strategies
+    images: str = ""  # how its models read photos, in words (askshift models)
     text_tower: bool = False  # zero-shot heads (ZS-FT) need one
     local_pretraining: bool = False  # without --pretrained, the glyph checkpoint (askshift pretrain) stands in
 
@@ -500,14 +501,17 @@ for _family in (
     ModelFamily("cnn", "small convolutional networks (cnn:tiny|small|medium[@WIDTH]) that train in seconds on CPU",
                 build_cnn, check_cnn, cnn_transform,
                 weights="a local checkpoint (--pretrained PATH); without one, the glyph checkpoint of `askshift pretrain`",
-                recipe="miniature", strategies=("ft", "lp-ft"), local_pretraining=True),
+                recipe="miniature", strategies=("ft", "lp-ft"), local_pretraining=True,
+                images=f"{CNN_PHOTO_RESOLUTION} px for photos, as stored for same-size arrays (any size)"),
     ModelFamily("timm", "any timm model (timm:<arch>[.<tag>]); weights from a local file (--pretrained PATH) or the hub",
                 build_timm, check_timm, timm_transform,
-                weights="a local timm weight file (--pretrained PATH) or the hub", recipe="paper", strategies=("ft", "lp-ft")),
+                weights="a local timm weight file (--pretrained PATH) or the hub", recipe="paper", strategies=("ft", "lp-ft"),
+                images="each model's pretrained_cfg (input size, crop_pct, interpolation, mean/std)"),
     ModelFamily("clip", "open_clip image encoders (clip:<arch>[:<tag>|:<file>]), zero-shot initialisable heads",
                 build_clip, check_clip, clip_transform,
                 weights="a local open_clip checkpoint (clip:ARCH:FILE or --pretrained PATH) or a tag from the hub",
-                recipe="paper", strategies=("ft", "lp-ft", "zs-ft"), text_tower=True),
+                recipe="paper", strategies=("ft", "lp-ft", "zs-ft"), text_tower=True,
+                images="open_clip's preprocess (input size, centre crop, CLIP mean/std)"),
 ):
     MODEL_FAMILIES.add(_family.name, _family, _family.description)
 

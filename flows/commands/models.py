@@ -17,6 +17,11 @@ def run(args: argparse.Namespace) -> int:
 
     print("Model families (NAME = family:spec):")
     print(_indent(MODEL_FAMILIES.describe()))
+    for entry in MODEL_FAMILIES.entries():
+        family = entry.value
+        extras = ", text tower (zero-shot heads)" if family.text_tower else ""
+        print(f"  {family.name}: recipe {family.recipe}, strategies {','.join(family.strategies)}{extras}; "
+              f"images: {family.images}; weights: {family.weights}")
     print()
     print("Fine-tuning presets (askshift run finetune --preset NAME):")
     width = max(len(n) for n in PRESETS.names())
