@@ -19,28 +19,32 @@ when the number of examples n is known (``reference_n``/``shifted_n``), else to 
 
 Intervals (all ``confidence``, default 95%):
 
+- **The line's error.**  Without numbers of examples: the classic band ``t(n-2) * s * sqrt(1/n + (x - mean
+  x)^2 / Sxx)`` (METHOD.md).  With them, each baseline's residual variance is ``tau^2 + v_i`` (its own
+  deviation plus its known test-set noise, which on the probit axis doubles from 50% to 90% accuracy), so
+  the line's error at the accurate end, where pre-trained models sit, is not understated by one pooled
+  variance; ``tau^2`` is estimated from the residuals and the degrees of freedom follow Satterthwaite.
 - **Per model** (``er_lower``/``er_upper`` of ``ERResult.table``): the line's band at the model's reference
-  accuracy, ``t(n-2) * s * sqrt(1/n + (x - mean x)^2 / (lambda^2 Sxx))`` in transformed units, mapped back
-  to accuracy (``shifted - upper, shifted - lower``).  That covers the line's error only.  With
-  ``binomial=True`` it also carries the model's own test-set noise: Wilson intervals of its reference
-  accuracy (through the fitted line) and of its shifted accuracy, combined with the band in quadrature per
-  direction (:func:`_widen_with_binomial`).
+  accuracy, in transformed units, mapped back to accuracy (``shifted - upper, shifted - lower``).  That
+  covers the line's error only.  With ``binomial=True`` it also carries the model's own test-set noise:
+  Wilson intervals of its reference accuracy (through the fitted line) and of its shifted accuracy,
+  combined with the band in quadrature per direction (:func:`_widen_with_binomial`).
 - **Per group, and per model over copies** (``ERResult.groups``, :func:`aggregate_copies`): the interval
   of the group's mean ER.  Its variance has two parts:
 
   * ``line_se``: the variance of the group's mean line prediction.  All models share one fitted line, so
-    its errors do not average out: with each model's prediction error ``level_j * Z1 + slope_j * Z2``
-    (``Z1``, ``Z2`` independent: the line's height at the baselines' mean and its slope), the group mean's
-    line variance is ``mean(level_j)^2 + mean(slope_j)^2`` (delta method, accuracy units);
+    its errors do not average out: model j's prediction error is ``gain_j * (height error + dx_j * slope
+    error)`` (``gain_j``: d accuracy / d axis at its prediction, ``dx_j``: its distance from the baselines'
+    mean), so the mean's is ``mean(gain) * height error + mean(gain * dx) * slope error`` (delta method);
   * ``spread_se``: the sample variance of the members' ER divided by m.  It already holds each model's
     deviation from the line and its test-set noise.
 
-  The quantile: Welch-Satterthwaite t with the line's n-2 and the spread's m-1 degrees of freedom is
-  liberal when the spread has 2-3 degrees of freedom (92% measured at 3 models and 80 baselines), the
-  bound ``sqrt(t(n-2)^2 line_se^2 + t(m-1)^2 spread_se^2)`` is conservative (up to 98%); the half-width is
-  the mean of the two (:func:`combined_half_width`), which measured 94-97% in every regime of
-  ``tests/test_er_coverage.py``.  A group of one model keeps that model's interval.
-  ``er_lower_total``/``er_upper_total`` are the same numbers (their former name).
+  The quantile: Welch-Satterthwaite t is liberal when the spread has 2-3 degrees of freedom (92% measured
+  at 3 models and 80 baselines), the bound ``sqrt(t_line^2 line_se^2 + t(m-1)^2 spread_se^2)`` is
+  conservative (up to 98%); the half-width is the mean of the two (:func:`combined_half_width`), which
+  measured 94-97% in every regime of ``tests/test_er_coverage.py`` (10-80 baselines, 3-55 models, 150 to
+  50,000 examples, with and without per-model deviations).  A group of one model keeps that model's
+  interval.  ``er_lower_total``/``er_upper_total`` are the same numbers (their former name).
 
 Options beyond the paper, each documented where it is applied:
 - ``bootstrap=B``: the band is the 2.5/97.5 percentile of B line fits on baseline models resampled
@@ -170,9 +174,10 @@ def get_scale(scale: str | Scale) -> Scale:
 class _Line(NamedTuple):
     """Least-squares lines along the last axis of (x, y); every field has the batch shape.
 
-    The line's error is (height error at x_mean, slope error); its covariance has two parts: ``tau_*`` from
-    the models' own deviations (estimated with n-2 degrees of freedom) and ``noise_*`` from the known
-    test-set noise of the accuracies (no estimation: infinite degrees of freedom)."""
+    The line's error is (height error at x_mean, slope error).  Its covariance is estimated from the
+    residuals, under residual variance ``tau^2 + v_i`` for baseline i (``v_i``: the known test-set noise of
+    its accuracies, 0 when the numbers of examples are unknown; ``tau^2``: the models' own deviations,
+    ``s^2 - noise_mean``)."""
 
     slope: np.ndarray
     intercept: np.ndarray
@@ -182,11 +187,10 @@ class _Line(NamedTuple):
     r: np.ndarray
     reliability: np.ndarray  # errors-in-variables factor lambda (1: no correction)
     slope_ols: np.ndarray
-    tau_level: np.ndarray  # variance of the height at x_mean from the deviations
-    tau_slope: np.ndarray  # variance of the slope from the deviations
-    noise_level: np.ndarray
-    noise_slope: np.ndarray
-    noise_cov: np.ndarray  # covariance of height and slope from heteroscedastic noise
+    noise_mean: np.ndarray  # expected contribution of the known noise to s^2
+    noise_level: np.ndarray  # known-noise part of Var(height at x_mean)
+    noise_slope: np.ndarray  # known-noise part of Var(slope)
+    noise_cov: np.ndarray  # known-noise part of Cov(height, slope): noise varies with accuracy
     n: int
 
 
@@ -194,10 +198,10 @@ def _fit_arrays(x: np.ndarray, y: np.ndarray, vx: np.ndarray | None = None, vy: 
     """OLS of y on x along the last axis; ``vx``/``vy``: known test-set noise variances of x and y.
 
     With ``vx`` the slope is divided by the reliability lambda (regression dilution).  With noise variances
-    the residual variance of baseline i is ``tau^2 + vy_i + slope^2 vx_i`` (tau^2: the models' own deviations,
-    estimated from the residuals) instead of one pooled variance: binomial noise on the probit axis doubles
-    from 50% to 90% accuracy, so a pooled variance understates the line's error at the accurate end, where
-    pre-trained models sit (measured: 93% coverage instead of 95% with 55 models there)."""
+    the line's error covariance uses each baseline's own residual variance ``tau^2 + vy_i + slope^2 vx_i``
+    instead of one pooled variance: binomial noise on the probit axis doubles from 50% to 90% accuracy, so a
+    pooled variance understates the line's error at the accurate end, where pre-trained models sit
+    (measured: 93% coverage instead of 95% with 55 models there)."""
     n = x.shape[-1]
     x_mean, y_mean = x.mean(-1), y.mean(-1)
     dx, dy = x - x_mean[..., None], y - y_mean[..., None]
@@ -211,8 +215,7 @@ def _fit_arrays(x: np.ndarray, y: np.ndarray, vx: np.ndarray | None = None, vy: 
         slope = slope_ols / lam
         intercept = y_mean - slope * x_mean
         res = y - (slope[..., None] * x + intercept[..., None])
-        rss = (res * res).sum(-1)
-        s = np.sqrt(rss / (n - 2))
+        s = np.sqrt((res * res).sum(-1) / (n - 2))
         r = sxy / np.sqrt(sxx * syy)
         v = np.zeros_like(x)
         if vy is not None:
@@ -220,22 +223,30 @@ def _fit_arrays(x: np.ndarray, y: np.ndarray, vx: np.ndarray | None = None, vy: 
         if vx is not None:
             v = v + slope[..., None] ** 2 * np.nan_to_num(vx)
         leverage = 1 / n + dx * dx / sxx[..., None]
-        tau2 = np.maximum((rss - (v * (1 - leverage)).sum(-1)) / (n - 2), 0)
+        noise_mean = (v * (1 - leverage)).sum(-1) / (n - 2)
         slope_scale = sxx * lam
-        tau_level, tau_slope = tau2 / n, tau2 / (sxx * lam**2)
         noise_level = v.sum(-1) / n**2
         noise_slope = (dx * dx * v).sum(-1) / slope_scale**2
         noise_cov = (dx * v).sum(-1) / (n * slope_scale)
-    return _Line(slope, intercept, x_mean, sxx, s, r, lam, slope_ols, tau_level, tau_slope, noise_level,
-                 noise_slope, noise_cov, n)
+    return _Line(slope, intercept, x_mean, sxx, s, r, lam, slope_ols, noise_mean, noise_level, noise_slope,
+                 noise_cov, n)
 
 
 def _line_variances(line: _Line, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(deviation part, noise part) of Var(a * height error + b * slope error); a, b: batch shape + (k,)."""
+    """Variance of a * height error + b * slope error (a, b: batch shape + (k,)) and its degrees of freedom.
+
+    Var = A tau^2 + K with tau^2 = s^2 - noise_mean: A s^2 is estimated (n-2 dof), K - A noise_mean is known,
+    so the dof are Satterthwaite's (n-2) (Var / A s^2)^2; without known noise this is the classic
+    t(n-2) band of METHOD.md."""
     e = lambda f: np.asarray(f)[..., None]  # noqa: E731 -- batch scalars against the points axis
-    v_tau = a * a * e(line.tau_level) + b * b * e(line.tau_slope)
-    v_noise = a * a * e(line.noise_level) + b * b * e(line.noise_slope) + 2 * a * b * e(line.noise_cov)
-    return v_tau, np.maximum(v_noise, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coef = a * a / line.n + b * b / (e(line.sxx) * e(line.reliability) ** 2)
+        estimated = coef * e(line.s) ** 2
+        known = (a * a * e(line.noise_level) + b * b * e(line.noise_slope) + 2 * a * b * e(line.noise_cov)
+                 - coef * e(line.noise_mean))
+        var = np.maximum(estimated + known, 0.0)
+        df = np.where(estimated > 0, (line.n - 2) * (var / estimated) ** 2, np.inf)
+    return var, np.maximum(df, 1.0)
 
 
 def _t(df, confidence: float) -> np.ndarray:
@@ -257,32 +268,22 @@ def combined_half_width(components: Sequence[tuple[np.ndarray, float]], confiden
     return 0.5 * (welch + bound)
 
 
-def _line_df(line: _Line) -> np.ndarray:
-    """Degrees of freedom of the line's variance: n-2 (its deviation part is estimated from the residuals, and
-    that estimate carries the residuals' whole chi-square noise), infinite where the residuals are no larger
-    than the known test-set noise (the variance is then the known noise part alone)."""
-    return np.where(np.asarray(line.tau_level) > 0, float(line.n - 2), np.inf)
-
-
 def _band(line: _Line, x_at: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(prediction, standard error, half-width) of the line at x_at, transformed units."""
     e = lambda f: np.asarray(f)[..., None]  # noqa: E731
     pred = e(line.slope) * x_at + e(line.intercept)
     dx = x_at - e(line.x_mean)
-    v_tau, v_noise = _line_variances(line, np.ones_like(dx), dx)
-    half = combined_half_width([(v_tau + v_noise, _line_df(line)[..., None])], confidence)
-    return pred, np.sqrt(v_tau + v_noise), half
+    var, df = _line_variances(line, np.ones_like(dx), dx)
+    return pred, np.sqrt(var), combined_half_width([(var, df)], confidence)
 
 
 def _group_line_variance(line: _Line, gain: np.ndarray, dx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(deviation, noise) variance of the mean line prediction over the models on the last axis (accuracy units).
+    """(variance, dof) of the mean line prediction over the models on the last axis (accuracy units).
 
     Every model's prediction error is gain_j * (height error + dx_j * slope error) of the one shared line,
     so the mean's is mean(gain) * height error + mean(gain * dx) * slope error."""
-    a = gain.mean(-1, keepdims=True)
-    b = (gain * dx).mean(-1, keepdims=True)
-    v_tau, v_noise = _line_variances(line, a, b)
-    return v_tau[..., 0], v_noise[..., 0]
+    var, df = _line_variances(line, gain.mean(-1, keepdims=True), (gain * dx).mean(-1, keepdims=True))
+    return var[..., 0], df[..., 0]
 
 
 def wilson_interval(accuracy, n, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -321,9 +322,8 @@ class LineFit:
     axis_min: float | None = None  # transformed range of the baselines' reference accuracies (after clipping)
     axis_max: float | None = None
     min_r: float = MIN_R
-    # Variance parts of the line's error (see _Line); None: the classic homoscedastic s^2/n, s^2/Sxx.
-    tau_level: float | None = None
-    tau_slope: float | None = None
+    # Known test-set noise in the line's error (see _Line); 0: the classic homoscedastic band.
+    noise_mean: float = 0.0
     noise_level: float = 0.0
     noise_slope: float = 0.0
     noise_cov: float = 0.0
@@ -335,12 +335,9 @@ class LineFit:
     @property
     def _line(self) -> _Line:
         f = np.float64
-        s2 = self.residual_sd**2
-        tau_level = s2 / self.n if self.tau_level is None else self.tau_level
-        tau_slope = s2 / (self.sxx * self.reliability**2) if self.tau_slope is None else self.tau_slope
         return _Line(f(self.slope), f(self.intercept), f(self.x_mean), f(self.sxx), f(self.residual_sd), f(self.r),
-                     f(self.reliability), f(self.slope if self.slope_ols is None else self.slope_ols), f(tau_level),
-                     f(tau_slope), f(self.noise_level), f(self.noise_slope), f(self.noise_cov), self.n)
+                     f(self.reliability), f(self.slope if self.slope_ols is None else self.slope_ols),
+                     f(self.noise_mean), f(self.noise_level), f(self.noise_slope), f(self.noise_cov), self.n)
 
     @property
     def weak_line(self) -> bool:
@@ -488,8 +485,7 @@ def fit_line(
         axis_min=float(x.min()),
         axis_max=float(x.max()),
         min_r=min_r,
-        tau_level=float(line.tau_level),
-        tau_slope=float(line.tau_slope),
+        noise_mean=float(line.noise_mean),
         noise_level=float(line.noise_level),
         noise_slope=float(line.noise_slope),
         noise_cov=float(line.noise_cov),
@@ -893,10 +889,10 @@ def er_arrays(
         r_lo, r_hi = wilson_interval(ref, ref_n, confidence)
         s_lo, s_hi = wilson_interval(shift, shift_n, confidence)
         er_lower, er_upper = _widen_with_binomial(sc, line, ref_n, shift, pred, lower, upper, r_lo, r_hi, s_lo, s_hi)
-    v_tau, v_noise = _group_line_variance(line, gain, x - line.x_mean[..., None])
+    v_line, df_line = _group_line_variance(line, gain, x - line.x_mean[..., None])
     m = er.shape[-1]
     mean = er.mean(-1)
-    half = combined_half_width([(v_tau + v_noise, _line_df(line)), (er.var(-1, ddof=1) / m, m - 1)], confidence)
+    half = combined_half_width([(v_line, df_line), (er.var(-1, ddof=1) / m, m - 1)], confidence)
     return {"effective_robustness": er, "er_lower": er_lower, "er_upper": er_upper,
             "group_er": mean, "group_lower": mean - half, "group_upper": mean + half}
 
@@ -944,12 +940,10 @@ def aggregate_copies(
             if has_line:
                 gain = part["line_gain"].to_numpy().astype(float)[None, :]
                 dx = part["line_dx"].to_numpy().astype(float)[None, :]
-                v_tau, v_noise = (float(v[0]) for v in _group_line_variance(fit._line, gain, dx))
+                v_line, df_line = (float(v[0]) for v in _group_line_variance(fit._line, gain, dx))
                 if line_variance is not None and math.isfinite(line_variance.get(lkey, float("nan"))):
-                    v_tau, v_noise = float(line_variance[lkey]), 0.0  # bootstrap fits: estimated, n-2 dof
-                parts = [(v_tau + v_noise, float(_line_df(fit._line))), (v_spread, m - 1)]
-                half = float(combined_half_width(parts, confidence))
-                v_line = v_tau + v_noise
+                    v_line, df_line = float(line_variance[lkey]), fit.n - 2  # bootstrap fits
+                half = float(combined_half_width([(v_line, df_line), (v_spread, m - 1)], confidence))
             else:
                 v_line = float("nan")
                 half = float(_t(m - 1, confidence)) * math.sqrt(v_spread)

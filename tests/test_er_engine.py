@@ -152,16 +152,132 @@ def test_binomial_intervals_widen_er_more_for_fewer_examples():
         effective_robustness(base, binomial=True)
 
 
-def test_copies_aggregate_to_mean_plus_minus_1_96_standard_errors():
+def test_copies_without_line_columns_aggregate_to_mean_plus_minus_t_standard_errors():
+    # A table that carries no line uncertainty: the spread between copies only, with t(m-1) (1.96 covers about
+    # 85% at 4 copies), and the caution says so.
     df = pl.DataFrame({"model": list("abcd"), "group": ["ft"] * 3 + ["lp"], "effective_robustness": [0.1, 0.2, 0.3, 0.05],
                        "er_lower": [0.0, 0.1, 0.2, 0.01], "er_upper": [0.2, 0.3, 0.4, 0.09]})
     out = {r["group"]: r for r in aggregate_copies(df, by="group").to_dicts()}
     se = np.std([0.1, 0.2, 0.3], ddof=1) / math.sqrt(3)
     assert out["ft"]["n_models"] == 3
     assert out["ft"]["effective_robustness"] == pytest.approx(0.2)
-    assert out["ft"]["er_lower"] == pytest.approx(0.2 - 1.96 * se)
-    assert out["ft"]["er_upper"] == pytest.approx(0.2 + 1.96 * se)
+    assert out["ft"]["er_lower"] == pytest.approx(0.2 - stats.t.ppf(0.975, 2) * se)
+    assert out["ft"]["er_upper"] == pytest.approx(0.2 + stats.t.ppf(0.975, 2) * se)
+    assert "spread between models only" in out["ft"]["caution"]
     assert (out["lp"]["er_lower"], out["lp"]["er_upper"]) == (0.01, 0.09)  # one copy keeps its own interval
+
+
+def test_group_interval_adds_the_shared_line_variance_to_the_spread_between_models():
+    # Hand-checked against the formula: Var(mean ER) = Var(mean line prediction) + s_ER^2 / m, where the mean
+    # line prediction's variance averages level and slope parts over the group before squaring.
+    rng = np.random.default_rng(12)
+    df = random_table(rng, n_base=12, n_other=4)
+    result = effective_robustness(df)
+    fit, pre = result.fit, result.table.filter(pl.col("group") == "pre")
+    x = stats.norm.ppf(pre["reference_accuracy"].to_numpy())
+    gain = stats.norm.pdf(fit.slope * x + fit.intercept)
+    level = gain.mean() * fit.residual_sd / math.sqrt(fit.n)
+    slope = (gain * (x - fit.x_mean)).mean() * fit.residual_sd / math.sqrt(fit.sxx)
+    v_line, v_spread = level**2 + slope**2, pre["effective_robustness"].var() / 4
+    t_line, t_spread = stats.t.ppf(0.975, fit.n - 2), stats.t.ppf(0.975, 3)
+    nu = (v_line + v_spread) ** 2 / (v_line**2 / (fit.n - 2) + v_spread**2 / 3)
+    half = 0.5 * (stats.t.ppf(0.975, nu) * math.sqrt(v_line + v_spread) + math.sqrt(t_line**2 * v_line + t_spread**2 * v_spread))
+    row = result.group("pre")
+    assert row["line_se"] == pytest.approx(math.sqrt(v_line), rel=1e-9)
+    assert row["spread_se"] == pytest.approx(math.sqrt(v_spread), rel=1e-9)
+    assert row["er_upper"] - row["effective_robustness"] == pytest.approx(half, rel=1e-9)
+    assert (row["er_lower_total"], row["er_upper_total"]) == (row["er_lower"], row["er_upper"])  # one interval
+    # the same numbers from the copies aggregation of the model table
+    again = aggregate_copies(result.table, by="group", fit=result.fit).filter(pl.col("group") == "pre").row(0, named=True)
+    assert again["er_lower"] == pytest.approx(row["er_lower"]) and again["er_upper"] == pytest.approx(row["er_upper"])
+
+
+def test_group_interval_does_not_depend_on_binomial_but_the_model_interval_does():
+    df = random_table(np.random.default_rng(13), n_base=20).with_columns(reference_n=pl.lit(500), shifted_n=pl.lit(500))
+    plain, binomial = effective_robustness(df), effective_robustness(df, binomial=True)
+    assert plain.group("pre")["er_lower"] == pytest.approx(binomial.group("pre")["er_lower"])
+    assert ((binomial.table["er_upper"] - binomial.table["er_lower"]) > (plain.table["er_upper"] - plain.table["er_lower"])).all()
+
+
+def test_clipping_uses_half_an_example_when_the_number_of_examples_is_known():
+    # A judged model at 100% reference accuracy (baselines at 0.90-0.97): with the fixed 1e-4 the clip alone
+    # moves its prediction 10% up the line, so its ER is 10% lower than with 1/(2n), n = 1000.
+    ref = np.linspace(0.90, 0.97, 8)
+    base = table(list(ref) + [1.0], list(PHI(stats.norm.ppf(ref) - 2.5)) + [0.3],
+                 ["baseline"] * 8 + ["pre"])
+    fixed = effective_robustness(base).table.row(-1, named=True)
+    counted = effective_robustness(base.with_columns(reference_n=pl.lit(1000), shifted_n=pl.lit(1000)))
+    with_n = counted.table.row(-1, named=True)
+    line = counted.fit
+    assert with_n["predicted_shifted_accuracy"] == pytest.approx(PHI(line.slope * stats.norm.ppf(1 - 1 / 2000) + line.intercept))
+    assert fixed["predicted_shifted_accuracy"] == pytest.approx(PHI(stats.norm.ppf(1 - 1e-4) - 2.5), abs=2e-3)
+    # (the counted fit's slope is also corrected for test-set noise, which moves the other way)
+    assert with_n["effective_robustness"] - fixed["effective_robustness"] > 0.04
+    assert with_n["extrapolated"] and "extrapolated" in with_n["caution"]
+
+
+def test_slope_is_corrected_for_test_set_noise_in_reference_accuracy():
+    # 150 examples per test set: OLS on noisy reference accuracies flattens the line (regression dilution).
+    rng = np.random.default_rng(14)
+    n_sets, n_base, n = 200, 40, 150
+    x = stats.norm.ppf(rng.uniform(0.6, 0.9, (n_sets, n_base)))
+    ref = rng.binomial(n, PHI(x)) / n
+    shift = rng.binomial(n, PHI(1.2 * x - 0.5)) / n
+    ols, corrected = [], []
+    for i in range(n_sets):
+        ols.append(fit_line(ref[i], shift[i]).slope)
+        corrected.append(fit_line(ref[i], shift[i], reference_n=[n] * n_base, shifted_n=[n] * n_base).slope)
+    assert abs(np.mean(corrected) - 1.2) < 0.03 < abs(np.mean(ols) - 1.2)
+    fit = fit_line(ref[0], shift[0], reference_n=[n] * n_base, shifted_n=[n] * n_base)
+    assert fit.reliability < 1 and "reliability" in fit.describe()
+
+
+def test_guardrails_say_extrapolated_weak_and_inverse_in_columns_and_words():
+    ref = np.linspace(0.5, 0.7, 10)
+    shift = PHI(-0.8 * stats.norm.ppf(ref) + np.tile([0.3, -0.3], 5))  # inverted and noisy
+    df = table(list(ref) + [0.6, 0.95], list(shift) + [0.5, 0.5], ["baseline"] * 10 + ["pre"] * 2)
+    result = effective_robustness(df)
+    assert result.fit.inverse_line and result.fit.weak_line
+    rows = result.table.filter(pl.col("group") == "pre").to_dicts()
+    assert [r["extrapolated"] for r in rows] == [False, True]
+    assert all(r["weak_line"] and r["inverse_line"] for r in rows)
+    assert "inverse line" in rows[0]["caution"] and "weak line" in rows[0]["caution"]
+    group = result.group("pre")
+    assert group["n_extrapolated"] == 1 and group["extrapolated"]
+    assert "extrapolated (1 of 2 models)" in group["caution"] and "CAUTION" in result.fit.describe()
+    clean = effective_robustness(random_table(np.random.default_rng(15)))
+    assert clean.group("pre")["caution"] == "" and not clean.fit.weak_line
+
+
+def test_each_judged_group_gets_its_own_comparable_window():
+    # The same-architecture control sits at 0.70, the fine-tuned models at 0.93-0.97: judging the control in
+    # the fine-tuned window would extrapolate a line from accurate baselines down to it.
+    ref = np.linspace(0.55, 0.98, 40)
+    z = stats.norm.ppf
+    df = table(list(ref) + [0.69, 0.70, 0.71, 0.93, 0.95, 0.97],
+               list(PHI(z(ref) - 0.5 + np.tile([0.02, -0.02], 20))) + list(PHI(z(np.array([0.69, 0.70, 0.71])) - 0.5))
+               + list(PHI(z(np.array([0.93, 0.95, 0.97])) - 0.5)),
+               ["baseline"] * 40 + ["control"] * 3 + ["ft"] * 3)
+    comparison = compare_fits(df)
+    lo_c, hi_c = comparison.views["control"].fit_range
+    lo_f, hi_f = comparison.views["ft"].fit_range
+    assert (lo_c, hi_c) == pytest.approx((0.64, 0.76)) and (lo_f, hi_f) == pytest.approx((0.88, 1.0))
+    control = comparison.comparable_row("control")
+    assert control is not None and not control["extrapolated"]
+    assert abs(control["effective_robustness"]) < 0.03
+    summary = comparison.summary().filter(pl.col("view") == "comparable")
+    assert set(summary["group"]) == {"control", "ft"}
+    assert dict(zip(summary["group"], summary["fit_range_lo"])) == pytest.approx({"control": 0.64, "ft": 0.88})
+
+
+def test_comparable_view_says_when_its_line_extrapolates():
+    ref = np.concatenate([np.linspace(0.5, 0.8, 30), np.linspace(0.85, 0.87, 6)])
+    df = table(list(ref) + [0.93, 0.94], list(PHI(stats.norm.ppf(ref) - 0.5 + np.tile([0.01, -0.01], 18))) + [0.8, 0.81],
+               ["baseline"] * 36 + ["ft"] * 2)
+    comparison = compare_fits(df, margin=0.085)
+    view = comparison.views["ft"]
+    assert view.result is not None and view.n_baselines == 6
+    assert "extrapolated" in view.note and "extrapolated" in comparison.message
 
 
 def test_comparable_baselines_disagree_with_a_bent_full_range_line():
@@ -184,6 +300,7 @@ def test_comparable_baselines_disagree_with_a_bent_full_range_line():
     assert comparison.window.fit.n == 10
     summary = comparison.summary()
     assert set(summary["view"]) == {"full", "comparable"}
+    assert summary.filter(pl.col("view") == "comparable")["group"].to_list() == ["ft"]
     assert {"fit_r", "fit_residual_sd", "fit_n", "fit_reference_min", "fit_reference_max"} <= set(summary.columns)
 
 
@@ -191,6 +308,7 @@ def test_comparison_falls_back_to_full_range_when_too_few_comparable_baselines()
     df = table([0.5, 0.55, 0.6, 0.95], [0.3, 0.35, 0.4, 0.9], ["baseline"] * 3 + ["ft"])
     comparison = compare_fits(df, margin=0.01)
     assert comparison.window is None and not comparison.disagree
+    assert comparison.views["ft"].result is None and comparison.views["ft"].n_baselines == 0
     assert "too few" in comparison.message
 
 
