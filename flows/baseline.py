@@ -25,7 +25,7 @@ class BaselineConfig(BaseModel):
     dataset: str = Field("digits", description="dataset name (askshift datasets)")
     shift: str = Field("tint_p=0.5", description="shift preset (askshift shifts), e.g. tint_p=0.5, label_p=0.2, out_of_support")
     root: str | None = Field(None, description="dataset folder, for datasets that are not bundled")
-    store: str = Field("store", description="results store root; the experiment lands in STORE/<experiment>/")
+    store: str = Field("store", description="results store root; the experiment lands in STORE/EXPERIMENT/")
     experiment: str | None = Field(None, description="experiment folder name; default: the spec's name")
     cache_dir: str | None = Field(None, description="where .beton files are cached; default STORE/_cache")
     model: str = Field("cnn:small", description="architecture of the baseline models (lib.models name)")

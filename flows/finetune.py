@@ -28,7 +28,7 @@ class FinetuneConfig(BaseModel):
     dataset: str = Field("digits", description="dataset name (askshift datasets)")
     shift: str = Field("out_of_support", description="shift preset (askshift shifts)")
     root: str | None = Field(None, description="dataset folder, for datasets that are not bundled")
-    store: str = Field("store", description="results store root; results land in STORE/<experiment>/")
+    store: str = Field("store", description="results store root; results land in STORE/EXPERIMENT/")
     experiment: str | None = Field(None, description="experiment folder; default: the spec's name (the baseline's)")
     cache_dir: str | None = Field(None, description=".beton and pre-trained checkpoint cache; default STORE/_cache")
     preset: str | None = Field(None, description="paper preset (openai_clip, augreg_in21k): sets models, strategies, recipe")

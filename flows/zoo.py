@@ -30,7 +30,7 @@ class ZooConfig(BaseModel):
         None, description="from-scratch models (timm arch.tag); default the paper's 78 ImageNet models")
     pretrained_models: tuple[str, ...] | None = Field(
         None, description="pre-trained models (timm arch.tag); default the paper's 55")
-    weights_dir: str | None = Field(None, description="folder of <arch.tag>.safetensors|.pth|.pt|.bin weight files "
+    weights_dir: str | None = Field(None, description="folder of ARCH.TAG.safetensors|.pth|.pt|.bin weight files "
                                                       "(default: the hub, which needs network access)")
     num_classes: int | None = Field(None, ge=1, description="head size when the weight files are not ImageNet-1k")
     resolution: int | None = Field(

@@ -34,7 +34,7 @@ class DemoShift(BaseModel):
     name: str = Field(description="short name, the `shift` column of the ER table")
     title: str = Field(description="heading in the report")
     preset: str = Field(description="lib.specs preset whose experiment holds this shift")
-    target: str = Field(description="target of the preset (split <target>_val)")
+    target: str = Field(description="target of the preset (split TARGET_val)")
     support: Literal["in", "out"]
     extra: bool = Field(False, description="a labelled extra (left out of --quick and of the five-line summary)")
     about: str = ""

@@ -30,7 +30,7 @@ class DistributionSpec(BaseModel):
 
     dataset: str = Field("digits", description="registered dataset name (askshift datasets), e.g. digits, cifar10, wilds:waterbirds")
     root: str | None = Field(None, description="where the dataset lives on disk (not needed for digits)")
-    split: str = Field("val", description="dataset split read for evaluation (source_val / <target>_val)")
+    split: str = Field("val", description="dataset split read for evaluation (source_val / TARGET_val)")
     train_split: str = Field("train", description="dataset split read for source_train (reference only)")
     shift: str | None = Field(None, description="shift transform (askshift shifts), or none")
     shift_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the shift transform")
@@ -97,7 +97,7 @@ class ExperimentSpec(BaseModel):
     name: str = Field(description="experiment name (its folder in the store)")
     description: str = ""
     reference: DistributionSpec = Field(default_factory=DistributionSpec)
-    targets: dict[str, DistributionSpec] = Field(description="target name -> shifted distribution (split <name>_val)")
+    targets: dict[str, DistributionSpec] = Field(description="target name -> shifted distribution (split NAME_val)")
     support: dict[str, Literal["in", "out"]] = Field(default_factory=dict, description="target name -> in/out of support")
     baseline_epochs_factor: float = Field(
         1.0, gt=0, description="baselines train this many times the usual epochs (2 for label_p, as in the paper)"
