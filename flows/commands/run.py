@@ -42,8 +42,12 @@ def _runner(module):
         args.prepared = build(args) if build is not None else None
         with task_runner_from_args(args) as task_runner:
             status = module.execute(args, task_runner)
-        for line in args.closing_lines:
-            print(line, flush=True)
+        if args.closing_lines:
+            from flows.backends import stop_temporary_prefect_server
+
+            stop_temporary_prefect_server()  # its goodbye line on stderr must not follow the closing lines
+            for line in args.closing_lines:
+                print(line, flush=True)
         return status
 
     return run
