@@ -13,6 +13,67 @@ class CliError(Exception):
     """A user error: printed as one line on stderr, exit status 2."""
 
 
+def _flag(loc: tuple) -> str:
+    """'--jpeg-quality' for loc ('jpeg_quality',); nested fields keep their path ('train.lr')."""
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    if not parts:
+        return "setting"
+    if len(parts) == 1:
+        return "--" + parts[0].replace("_", "-")
+    return ".".join(parts)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_line(exc: BaseException, what: str | None = None) -> str:
+    """One line saying what is wrong: for a pydantic ValidationError every error, each naming the flag or field,
+    the value given and the rule; for anything else its message with line breaks folded."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            message = str(err.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            loc = tuple(err.get("loc", ()))
+            # An unknown setting comes from a file, not a flag: name it as it was written there.
+            where = ".".join(str(p) for p in loc) if err.get("type") == "extra_forbidden" else _flag(loc)
+            given = f" (got {_short(err['input'])})" if "input" in err and not isinstance(err["input"], dict) else ""
+            parts.append(f"{where}{given}: {message}")
+        prefix = f"invalid {what} setting " if what else "invalid "
+        return prefix + "; ".join(parts)
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__
+
+
+def fail(exc: BaseException, what: str | None = None) -> CliError:
+    """``raise fail(exc) from None``: the exception as the command's one error line."""
+    return CliError(error_line(exc, what))
+
+
+def check_seeds(seeds, flag: str = "--seed") -> None:
+    """Seeds feed numpy and torch generators, which refuse negatives deep inside a task."""
+    bad = [s for s in ([seeds] if isinstance(seeds, int) else seeds) if s < 0]
+    if bad:
+        raise CliError(f"{flag} must be 0 or more, got {' '.join(str(s) for s in bad)}")
+
+
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """A CUDA device asked for on a machine without one fails before the server starts, not in a retried task."""
+    if not device or not str(device).startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CliError(f"{flag} {device}: no CUDA device; use {flag} cpu")
+    index = str(device).partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise CliError(f"{flag} {device}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
+                       f"cuda:{torch.cuda.device_count() - 1} or {flag} cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="askshift",
@@ -36,12 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from lib.registry import UnknownNameError
+
     parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
     except CliError as exc:
         print(f"askshift {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValidationError, UnknownNameError) as exc:  # a bad input no command caught: still one line
+        if args.debug:
+            raise
+        print(f"askshift {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

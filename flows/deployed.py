@@ -75,12 +75,14 @@ def run_report(
     bootstrap: int = 0,
     binomial: bool = False,
     publish: bool = True,
+    bootstrap_examples: int = 0,
+    seed: int = 0,
     execution: Execution = Execution(),
 ) -> ReportResult:
     """Effective-robustness report of one experiment folder (flow report) on the chosen backend."""
     return run_on_backend(report, execution, store=store, experiment=experiment, fit_range=fit_range, scale=scale,
                           metric=metric, baseline_group=baseline_group, bootstrap=bootstrap, binomial=binomial,
-                          publish=publish)
+                          publish=publish, bootstrap_examples=bootstrap_examples, seed=seed)
 
 
 @flow(name="run-demo", flow_run_name="demo on {execution.backend}")

@@ -196,6 +196,7 @@ ER_COLUMNS = (
     "views_disagree", "fit_n", "fit_r", "fit_residual_sd", "fit_reference_min", "fit_reference_max",
     "comparable_fit_n", "comparable_fit_r", "comparable_fit_range_lo", "comparable_fit_range_hi",
     "title", "experiment", "split", "sub_split", "extra", "seed", "variant",
+    "caution", "comparable_caution", "comparable_note",
 )
 
 
@@ -205,16 +206,20 @@ def _finite(x) -> float | None:
 
 def er_group_rows(comparison, shift: DemoShift | dict, experiment: str, split: str, sub_split: str = "all",
                   seed: int = 0, variant: str = "full") -> list[dict]:
-    """One row per group: the paper's full-range ER (``effective_robustness``, ``er_lower``, ``er_upper``: copies
-    aggregated as mean ± 1.96·SE; ``er_*_total`` also carry the fitted line's band, and the verdicts use them)
-    beside the comparable-baseline view and the fit diagnostics of both."""
+    """One row per group: the paper's full-range ER (``effective_robustness``, ``er_lower``, ``er_upper``: the
+    interval of the group's mean over its copies, the fitted line's uncertainty included; ``er_*_total`` are the
+    same numbers, their former name) beside the group's own comparable-baseline view (a window around its
+    own reference accuracies), the fit diagnostics of both, and the cautions (extrapolated, weak or inverse
+    line, a window that is too small or extrapolates)."""
     from lib.er import group_verdict
 
     meta = shift.model_dump() if isinstance(shift, DemoShift) else dict(shift)
-    full, window = comparison.full, comparison.window
+    full = comparison.full
     rows = []
     for g in full.groups.to_dicts():
-        w = window.group(g["group"]) if window is not None else None
+        view = comparison.views.get(g["group"])
+        w = view.row if view is not None else None
+        window = view.result if view is not None else None
         fv = group_verdict(g)
         wv = group_verdict(w) if w else None
         rows.append({
@@ -233,9 +238,12 @@ def er_group_rows(comparison, shift: DemoShift | dict, experiment: str, split: s
             "fit_reference_min": full.fit.reference_min, "fit_reference_max": full.fit.reference_max,
             "comparable_fit_n": window.fit.n if window is not None else None,
             "comparable_fit_r": _finite(window.fit.r) if window is not None else None,
-            "comparable_fit_range_lo": comparison.fit_range[0], "comparable_fit_range_hi": comparison.fit_range[1],
+            "comparable_fit_range_lo": view.fit_range[0] if view is not None else None,
+            "comparable_fit_range_hi": view.fit_range[1] if view is not None else None,
             "title": meta["title"], "experiment": experiment, "split": split, "sub_split": sub_split,
             "extra": bool(meta.get("extra", False)), "seed": seed, "variant": variant,
+            "caution": g.get("caution") or "", "comparable_caution": (w.get("caution") or "") if w else None,
+            "comparable_note": view.note if view is not None else None,
         })
     return rows
 
@@ -251,13 +259,13 @@ ER_SCHEMA = {
     "fit_reference_max": pl.Float64, "comparable_fit_n": pl.Int64, "comparable_fit_r": pl.Float64,
     "comparable_fit_range_lo": pl.Float64, "comparable_fit_range_hi": pl.Float64, "title": pl.String,
     "experiment": pl.String, "split": pl.String, "sub_split": pl.String, "extra": pl.Boolean, "seed": pl.Int64,
-    "variant": pl.String,
+    "variant": pl.String, "caution": pl.String, "comparable_caution": pl.String, "comparable_note": pl.String,
 }
 
 
 def er_table(rows: Sequence[dict]) -> pl.DataFrame:
     """The demo's ER table (``ER_COLUMNS``), sorted by shift order of appearance then group."""
-    return pl.DataFrame(list(rows), schema=ER_SCHEMA)
+    return pl.DataFrame([{k: r.get(k) for k in ER_SCHEMA} for r in rows], schema=ER_SCHEMA)
 
 
 # --- readings ----------------------------------------------------------------------------------------------
@@ -335,12 +343,18 @@ def why_notes(rows: Sequence[dict], shift: DemoShift | dict, n_reference: int | 
                      f"({r0['fit_reference_min']:.2f}-{r0['fit_reference_max']:.2f}): the line is extrapolated "
                      "to the fine-tuned models, so its slope is poorly pinned down.")
     judged = [r for r in rows if r["group"] in PRETRAINED_GROUPS]
-    if judged and any(r["comparable_effective_robustness"] is None for r in judged):
-        lo, hi = r0["comparable_fit_range_lo"], r0["comparable_fit_range_hi"]
-        notes.append(f"Fewer than 3 baselines reach the fine-tuned models' reference accuracy (window {lo:.2f}-{hi:.2f}; "
+    missing = [r for r in judged if r["comparable_effective_robustness"] is None
+               and r.get("comparable_fit_range_lo") is not None]
+    if missing:
+        lo, hi = missing[0]["comparable_fit_range_lo"], missing[0]["comparable_fit_range_hi"]
+        notes.append(f"Too few baselines reach the fine-tuned models' reference accuracy (window {lo:.2f}-{hi:.2f}; "
                      f"the best baseline reaches {r0['fit_reference_max']:.2f}), so there is no comparable-baseline fit "
                      "and the full-range ER is an extrapolation of the line; longer-trained or wider baselines would "
                      "check it.")
+    cautions = sorted({c for r in judged for c in (r.get("caution"), r.get("comparable_caution"), r.get("comparable_note"))
+                       if c})
+    if cautions:
+        notes.append("Cautions on these numbers: " + "; ".join(cautions) + ".")
     if meta.get("preset", "").startswith("tint_p") and n_reference is not None:
         notes.append(f"The reference set has {n_reference} images: a class colour is far easier to learn than "
                      "the digit shapes from so few examples, which is what makes the spurious tint a shortcut.")

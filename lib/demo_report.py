@@ -27,6 +27,10 @@ def _interval(lo: float | None, hi: float | None) -> str:
     return "n/a" if lo is None or hi is None else f"[{_pct(lo)}, {_pct(hi)}]"
 
 
+def _caution(text: str | None) -> str:
+    return f" ({text})" if text else ""
+
+
 def compare_on_split(metrics: pl.DataFrame, split: str, sub_split: str = "all"):
     """FitComparison (full-range vs comparable baselines) of every group on ``split`` against source_val."""
     from lib.er import accuracy_pairs, compare_fits
@@ -36,8 +40,9 @@ def compare_on_split(metrics: pl.DataFrame, split: str, sub_split: str = "all"):
     if "n" in shifted.columns:
         shifted = shifted.filter(pl.col("n") > 0)
     pairs = accuracy_pairs(pl.concat([reference, shifted], how="vertical_relaxed"), REFERENCE_SPLIT, split)
-    groups = sorted(set(pairs["group"].to_list()))
-    judged = [g for g in groups if g in PRETRAINED_GROUPS] or [g for g in groups if g != BASELINE_GROUP]
+    # Every group but the baselines is judged, the same-architecture control included: each gets its own
+    # comparable window around its own reference accuracies (the control sits far below the fine-tuned models).
+    judged = [g for g in sorted(set(pairs["group"].to_list())) if g != BASELINE_GROUP]
     return compare_fits(pairs, baseline_group=BASELINE_GROUP, judged_groups=judged)
 
 
@@ -45,19 +50,19 @@ def section(demo_exp: ExperimentStore, comparison, shift: DemoShift, rows: list[
             stem: str, notes: Sequence[str]) -> str:
     """One shift's markdown: reading, fit diagnostics, ER table (both views), words on disagreement, plots."""
     from lib.plots import accuracy_on_the_line, er_by_group
-    from lib.report import fit_markdown, group_table_markdown
+    from lib.report import comparable_fits_markdown, fit_markdown, group_table_markdown
 
     aotl = demo_exp.plot_path(f"accuracy_on_the_line_{stem}")
     erp = demo_exp.plot_path(f"er_by_group_{stem}")
-    accuracy_on_the_line(comparison.full, comparison.window, title=f"Accuracy on the line: {shift.title}",
+    accuracy_on_the_line(comparison.full, comparison.windows(), title=f"Accuracy on the line: {shift.title}",
                          reference_label="reference (source_val) accuracy", shifted_label="shifted accuracy", path=aotl)
-    er_by_group(comparison.full, comparison.window, title=f"Effective robustness: {shift.title}", path=erp)
+    er_by_group(comparison.full, comparison.windows(), title=f"Effective robustness: {shift.title}", path=erp)
     rel = lambda p: p.relative_to(demo_exp.root).as_posix()  # noqa: E731 -- paths relative to report.md
     lines = [heading, "", f"*{shift.about}.* Support: **{shift.support}**; the paper expects {shift.expected}.", "",
              f"**Reading:** {shift_reading(rows, shift)}", "",
              fit_markdown(comparison.full.fit, "Fit, all baselines (the paper's view)")]
-    if comparison.window is not None:
-        lines += ["", fit_markdown(comparison.window.fit, "Fit, comparable baselines")]
+    for line in comparable_fits_markdown(comparison):
+        lines += ["", line]
     lines += ["", group_table_markdown(comparison), "", comparison.message, ""]
     if notes:
         lines += ["Why it may look this way:", "", *[f"- {n}" for n in notes], ""]
@@ -90,9 +95,15 @@ def _summary_markdown(table: pl.DataFrame, shifts: Sequence[DemoShift]) -> str:
                 cells += ["n/a", "n/a"]
                 continue
             r = r.row(0, named=True)
-            cells.append(f"{_pct(r['effective_robustness'])} {_interval(r['er_lower_total'], r['er_upper_total'])}")
-            cells.append(f"{_pct(r['comparable_effective_robustness'])} "
-                         f"{_interval(r['comparable_er_lower_total'], r['comparable_er_upper_total'])}")
+            cells.append(f"{_pct(r['effective_robustness'])} {_interval(r['er_lower'], r['er_upper'])}"
+                         f"{_caution(r.get('caution'))}")
+            if r["comparable_effective_robustness"] is None:
+                note = r.get("comparable_note") or ""
+                cells.append("n/a (too few comparable baselines)" if "too few" in note else f"n/a{_caution(note)}")
+            else:
+                cells.append(f"{_pct(r['comparable_effective_robustness'])} "
+                             f"{_interval(r['comparable_er_lower'], r['comparable_er_upper'])}"
+                             f"{_caution(r.get('comparable_caution') or r.get('comparable_note'))}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -249,15 +260,18 @@ def build_demo_report(config: DemoConfig, seconds: float | None = None,
         "**comparable** baselines (only those whose reference accuracy lies near the fine-tuned models'), with the "
         "fits' r, residual spread and reference-accuracy range. When the two views disagree the report says so: a "
         "bent baseline trend (shortcut-reliant baselines piling up) can credit a model with ER it does not have. "
-        "Intervals are 95%; copies are aggregated as mean +- 1.96 SE.",
+        "Intervals are 95%: a group's is the interval of its mean over copies (the fitted line's uncertainty at "
+        "the copies plus the spread between them, with t quantiles for so few copies); each group, the control "
+        "included, gets its own comparable window around its own reference accuracies. Numbers resting on an "
+        "extrapolated, weak (r < 0.9) or inverse line say so in brackets.",
         "",
         *(["**This is the quick smoke variant** (few, short runs; a barely pre-trained model): it checks that "
             "everything runs, its numbers are not the experiment's finding. Run `askshift demo` for that.", ""]
           if config.quick else []),
         "## Summary",
         "",
-        "ER per group (mean over copies) with the 95% interval that includes the fitted line's band (the verdicts "
-        "use it); the per-shift tables below also give the narrower mean +- 1.96 SE over copies.",
+        "ER per group (mean over copies) with the 95% interval of that mean (the verdicts use it; the per-shift "
+        "tables below show the same intervals).",
         "",
         _summary_markdown(table, shifts + ([] if not config.split else [])),
         "",

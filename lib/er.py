@@ -1269,7 +1269,7 @@ def compare_fits(
         n_window = int(((base_ref >= window[0]) & (base_ref <= window[1])).sum())
         result, note = None, ""
         if n_window < min_window_baselines:
-            note = (f"only {n_window} baseline model{'s' if n_window != 1 else ''} have reference accuracy in "
+            note = (f"only {n_window} baseline model{'s have' if n_window != 1 else ' has'} reference accuracy in "
                     f"[{window[0]:.3f}, {window[1]:.3f}]: too few for a comparable-baseline fit "
                     f"(need {min_window_baselines})")
         else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import polars as pl
@@ -41,6 +42,15 @@ def _palette(groups: list[str], baseline_group: str) -> dict[str, tuple]:
     return out
 
 
+def _windows(window) -> dict[str | None, ERResult]:
+    """``window`` as {judged group (None: every group) -> comparable fit}: one ERResult or a mapping of them."""
+    if window is None:
+        return {}
+    if isinstance(window, Mapping):
+        return {g: r for g, r in window.items() if r is not None}
+    return {None: window}
+
+
 def _accuracy_ticks(ax, scale, lo: float, hi: float) -> None:
     """Axis positions are transformed accuracies; labels say the accuracy itself."""
     ticks = [t for t in TICKS if lo <= scale.to_axis(t) <= hi]
@@ -52,14 +62,15 @@ def _accuracy_ticks(ax, scale, lo: float, hi: float) -> None:
 
 def accuracy_on_the_line(
     result: ERResult,
-    window: ERResult | None = None,
+    window: ERResult | Mapping[str, ERResult] | None = None,
     title: str | None = None,
     reference_label: str = "reference accuracy",
     shifted_label: str = "shifted accuracy",
     path: str | os.PathLike | None = None,
 ):
     """Shifted vs reference accuracy on transformed axes: baselines, fitted line with its band, other
-    groups by colour and marker, an optional comparable-baseline line (``window``) and y = x."""
+    groups by colour and marker, the comparable-baseline lines (``window``: one fit, or judged group -> its
+    own window's fit, drawn in that group's colour) and y = x."""
     import seaborn as sns
 
     scale = get_scale(result.fit.scale)
@@ -89,12 +100,20 @@ def accuracy_on_the_line(
     h = fit.half_width_axis(grid)
     ax.fill_between(grid, fit.predict_axis(grid) - h, fit.predict_axis(grid) + h, color="black", alpha=0.15,
                     lw=0, label=f"{int(round(100 * fit.confidence))}% band", zorder=1)
-    if window is not None and window.fit.fit_range is not None:
-        wlo, whi = (float(v) for v in scale.to_axis(window.fit.fit_range))
+    drawn: dict[tuple[float, float], list[str]] = {}
+    windows = _windows(window)
+    for g, w in windows.items():
+        if w.fit.fit_range is not None:
+            drawn.setdefault(w.fit.fit_range, []).append(g)
+    for fit_range, owners in drawn.items():
+        w = windows[owners[0]]
+        wlo, whi = (float(v) for v in scale.to_axis(fit_range))
         wgrid = np.linspace(max(wlo, lo), min(whi, hi), 100)
-        ax.plot(wgrid, window.fit.predict_axis(wgrid), color="tab:red", lw=1.6, ls="--", zorder=4,
-                label=f"comparable baselines {window.fit.fit_range[0]:.2f}-{window.fit.fit_range[1]:.2f} "
-                      f"(n = {window.fit.n})")
+        named = [g for g in owners if g is not None]
+        colour = palette[named[0]] if len(named) == 1 and named[0] in palette else "tab:red"
+        ax.plot(wgrid, w.fit.predict_axis(wgrid), color=colour, lw=1.6, ls="--", zorder=4,
+                label=(f"comparable baselines{' for ' + ', '.join(named) if named else ''} "
+                       f"{fit_range[0]:.2f}-{fit_range[1]:.2f} (n = {w.fit.n})"))
     ax.plot([lo, hi], [lo, hi], color="0.6", lw=1, ls=":", label="y = x", zorder=0)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
@@ -111,41 +130,57 @@ def accuracy_on_the_line(
 
 def er_by_group(
     result: ERResult,
-    window: ERResult | None = None,
+    window: ERResult | Mapping[str, ERResult] | None = None,
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ):
-    """Each model's ER (points) and each group's mean with its interval (error bars: spread over models and
-    the line's band combined, as the verdicts use); the comparable-baseline view beside it when ``window`` is given."""
+    """Each model's ER (points) and each group's mean with the interval of that mean (error bars: the shared
+    line's uncertainty and the spread between models, as the verdicts use); the comparable-baseline view
+    beside it when ``window`` is given (one fit for every group, or judged group -> its own window's fit)."""
     import seaborn as sns
 
-    views = [("full range", result)] + ([("comparable baselines", window)] if window is not None else [])
+    windows = _windows(window)
     groups = sorted(set(result.table["group"].to_list()), key=lambda g: (g != result.baseline_group, g))
+    # Per view: group -> (summary row, that group's model rows).
+    full_rows = {row["group"]: row for row in result.groups.to_dicts()}
+    views = [("full range", {g: (full_rows[g], result.table.filter(pl.col("group") == g)) for g in groups})]
+    if windows:
+        comparable = {}
+        for g in groups:
+            w = windows.get(g, windows.get(None))
+            if w is not None and w.has_group(g):
+                comparable[g] = (w.group(g), w.table.filter(pl.col("group") == g))
+        views.append(("comparable baselines", comparable))
     palette = _palette(groups, result.baseline_group)
     fig, ax = _figure(max(4.5, 1.4 * len(groups) + 2), 4.2)
-    points = pl.concat([r.table.select("group", "effective_robustness").with_columns(pl.lit(v).alias("view"))
-                        for v, r in views]).to_pandas()
-    sns.stripplot(data=points, x="group", y="effective_robustness", hue="view" if window is not None else None,
-                  order=groups, dodge=window is not None, ax=ax, size=3, alpha=0.35, jitter=0.2,
-                  color=None if window is not None else "0.4", legend=False, zorder=1)
-    width = 0.4 if window is not None else 0.0
-    for j, (view, r) in enumerate(views):
-        summary = {row["group"]: row for row in r.groups.to_dicts()}
+    dodge = len(views) > 1
+    points = pl.concat([t.select("group", "effective_robustness").with_columns(pl.lit(v).alias("view"))
+                        for v, rows in views for _, t in rows.values()]).to_pandas()
+    sns.stripplot(data=points, x="group", y="effective_robustness", hue="view" if dodge else None,
+                  hue_order=[v for v, _ in views] if dodge else None,
+                  order=groups, dodge=dodge, ax=ax, size=3, alpha=0.35, jitter=0.2,
+                  color=None if dodge else "0.4", legend=False, zorder=1)
+    width = 0.4 if dodge else 0.0
+    for j, (view, rows) in enumerate(views):
+        labelled = False
         for i, g in enumerate(groups):
-            row = summary[g]
+            if g not in rows:
+                continue
+            row = rows[g][0]
             x = i + (j - (len(views) - 1) / 2) * width
             mean = row["effective_robustness"]
             lo, hi = row.get("er_lower_total", row["er_lower"]), row.get("er_upper_total", row["er_upper"])
             ax.errorbar([x], [mean], yerr=[[mean - lo], [hi - mean]], fmt="D" if j else "o",
                         color=palette[g] if j == 0 else "tab:red", ms=7, capsize=5, lw=2, zorder=3,
-                        label=view if i == 0 else None)
+                        label=view if not labelled else None)
+            labelled = True
     ax.axhline(0, color="black", lw=1)
     ax.set_ylabel("effective robustness (accuracy)")
     ax.set_xlabel("")
     from matplotlib.ticker import PercentFormatter
 
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
-    ax.set_title(title or "Effective robustness by group\n(mean, 95% interval incl. line band; points: models)", fontsize=10)
+    ax.set_title(title or "Effective robustness by group\n(mean, 95% interval of the mean; points: models)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     if path is not None:

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import polars as pl
 
 from lib.er import (
+    EXAMPLE_BOOTSTRAP_COLUMNS,
     ERInputError,
     ERResult,
     FitComparison,
@@ -22,6 +24,7 @@ from lib.er import (
     accuracy_pairs,
     compare_fits,
     describe_interval,
+    example_bootstrap,
     fit_columns,
     group_verdict,
 )
@@ -41,12 +44,18 @@ def pct(x: float | None, sign: bool = True) -> str:
 
 
 def interval(row: dict) -> str:
+    """``[lo, hi]`` of a model row (its band) or a group row (the group mean's interval)."""
     return f"[{pct(row['er_lower'])}, {pct(row['er_upper'])}]"
 
 
 def interval_total(row: dict) -> str:
-    """The group interval that includes the line's band (falls back to the plain interval)."""
+    """The group interval (``er_lower_total``/``er_upper_total`` are its former name; the same numbers)."""
     return f"[{pct(row.get('er_lower_total', row['er_lower']))}, {pct(row.get('er_upper_total', row['er_upper']))}]"
+
+
+def bootstrap_interval(row: dict) -> str | None:
+    lo, hi = (row.get(c) for c in EXAMPLE_BOOTSTRAP_COLUMNS)
+    return None if lo is None or hi is None else f"[{pct(lo)}, {pct(hi)}]"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -60,26 +69,53 @@ def fit_markdown(fit: LineFit, label: str = "Fit") -> str:
     return f"**{label}:** {fit.describe()}."
 
 
-def group_table_markdown(comparison: FitComparison) -> str:
-    """ER per group, full-range and comparable-baseline views side by side.
+def comparable_fits_markdown(comparison: FitComparison) -> list[str]:
+    """One diagnostics line per distinct comparable window (judged groups sharing a window share a line)."""
+    by_range: dict[tuple[float, float], list[str]] = {}
+    for g, view in comparison.views.items():
+        if view.result is not None:
+            by_range.setdefault(view.fit_range, []).append(g)
+    return [fit_markdown(comparison.views[groups[0]].result.fit,
+                         f"Fit, comparable baselines for {', '.join(groups)}") for groups in by_range.values()]
 
-    Two intervals per view: mean ± 1.96·SE over the group's models (METHOD.md) and the wider one that also
-    carries the line's band (``er_lower_total``/``er_upper_total``), on which the verdict is based.
+
+def group_table_markdown(comparison: FitComparison) -> str:
+    """ER per group, the full-range view beside each judged group's comparable-baseline view.
+
+    The interval is the group mean's (the shared line's uncertainty at the group's models plus the spread
+    between them, t quantiles; lib/er.py); the verdict is read from it.  Cautions (extrapolated, weak or
+    inverse line, a window that extrapolates) are in the last column.
     """
-    full, window = comparison.full, comparison.window
-    views = [("all baselines", full)]
-    if window is not None:
-        lo, hi = comparison.fit_range
-        views.append((f"baselines {lo:.2f}-{hi:.2f}", window))
-    header = ["group", "models"]
-    for name, _ in views:
-        header += [f"ER ({name})", "± 1.96 SE", "with line band", "verdict"]
+    full = comparison.full
+    has_boot = any(c in full.groups.columns for c in EXAMPLE_BOOTSTRAP_COLUMNS)
+    header = ["group", "models", "ER, all baselines (95%)", "verdict", "ER, comparable baselines (95%)",
+              "window (baselines)", "verdict"]
+    if has_boot:
+        header += ["example bootstrap (all baselines)"]
+    header += ["cautions"]
     rows = []
     for row in full.groups.to_dicts():
-        cells = [row["group"], row["n_models"]]
-        for _, result in views:
-            r = result.group(row["group"])
-            cells += [pct(r["effective_robustness"]), interval(r), interval_total(r), group_verdict(r)]
+        g = row["group"]
+        cells = [g, row["n_models"], f"{pct(row['effective_robustness'])} {interval(row)}", group_verdict(row)]
+        notes = [f"all baselines: {row['caution']}"] if row.get("caution") else []
+        view = comparison.views.get(g)
+        if view is None:
+            cells += ["-", "-", "-"]
+        else:
+            lo, hi = view.fit_range
+            w = view.row
+            if w is None:
+                cells += ["n/a", f"{lo:.2f}-{hi:.2f} ({view.n_baselines})", "-"]
+            else:
+                cells += [f"{pct(w['effective_robustness'])} {interval(w)}", f"{lo:.2f}-{hi:.2f} ({view.result.fit.n})",
+                          group_verdict(w)]
+                if w.get("caution"):
+                    notes.append(f"comparable: {w['caution']}")
+            if view.note:
+                notes.append(view.note)
+        if has_boot:
+            cells.append(bootstrap_interval(row) or "n/a")
+        cells.append("; ".join(notes) or "")
         rows.append(cells)
     return markdown_table(header, rows)
 
@@ -92,38 +128,43 @@ def model_table_markdown(result: ERResult, max_rows: int = 15, groups: Sequence[
     shown = part.head(max_rows)
     rows = [
         [r["model"], r["group"], pct(r["reference_accuracy"], False), pct(r["shifted_accuracy"], False),
-         pct(r["predicted_shifted_accuracy"], False), pct(r["effective_robustness"]), interval(r)]
+         pct(r["predicted_shifted_accuracy"], False), pct(r["effective_robustness"]), interval(r), r.get("caution") or ""]
         for r in shown.to_dicts()
     ]
-    text = markdown_table(["model", "group", "reference acc.", "shifted acc.", "predicted", "ER", "95% interval"], rows)
+    band = "line band and the model's test-set noise" if result.binomial else "line band"
+    text = markdown_table(["model", "group", "reference acc.", "shifted acc.", "predicted", "ER",
+                           f"95% interval ({band})", "cautions"], rows)
     if part.height > shown.height:
         text += f"\n\n({shown.height} of {part.height} models shown, highest ER first; all are in the ER table.)"
     return text
 
 
 def reading(comparison: FitComparison, subject: str = "Pre-training") -> str:
-    """One sentence: helped / did not help / the views disagree."""
+    """One sentence: helped / did not help / the views disagree, with the cautions of the numbers it rests on."""
     verdicts = comparison.verdicts()
     if not verdicts:
         return "Only baseline models are present, so there is nothing to judge yet."
     if comparison.disagree:
-        flips = ", ".join(f"{g}: {f} with all baselines but {w} with comparable ones" for g, (f, w) in verdicts.items() if f != w)
+        flips = ", ".join(f"{g}: {f} with all baselines but {w} with comparable ones" for g, (f, w) in verdicts.items()
+                          if w is not None and f != w)
         return f"The views disagree ({flips}); the straight-line fit over all baselines is not trustworthy here."
-    # Agreeing views: judge by the comparable-baseline view when there is one.
-    result = comparison.window or comparison.full
-    view = "comparable baselines" if comparison.window is not None else "all baselines"
-    parts = {g: (v[1] or v[0], result.group(g)) for g, v in verdicts.items()}
-    helped = [g for g, (v, _) in parts.items() if v == "helped"]
-    detail = "; ".join(f"{g} ER {describe_interval(row)}" for g, (_, row) in parts.items())
+    # Agreeing views: judge each group by its comparable-baseline view when it has one.
+    parts = {}
+    for g, (full_verdict, window_verdict) in verdicts.items():
+        row = comparison.comparable_row(g)
+        parts[g] = ((window_verdict, row, "comparable baselines") if row is not None
+                    else (full_verdict, comparison.full.group(g), "all baselines"))
+    helped = [g for g, (v, _, _) in parts.items() if v == "helped"]
+    detail = "; ".join(f"{g} ER {describe_interval(row)} against {view}" for g, (_, row, view) in parts.items())
     if len(helped) == len(parts):
         head = f"{subject} helped on this shift"
     elif not helped:
-        hurt = [g for g, (v, _) in parts.items() if v == "hurt"]
+        hurt = [g for g, (v, _, _) in parts.items() if v == "hurt"]
         head = f"{subject} did not help on this shift" + (" (it hurt)" if len(hurt) == len(parts) else "")
     else:
         head = f"{subject} helped for {', '.join(helped)} but not for {', '.join(g for g in parts if g not in helped)}"
     weak = f" (weak baseline fit, r = {comparison.full.fit.r:.3f})" if comparison.weak_fit else ""
-    return f"{head}: {detail}, against {view}{weak}."
+    return f"{head}: {detail}{weak}."
 
 
 def png_data_uri(path: str | Path) -> str:
@@ -160,21 +201,27 @@ class ShiftSection:
         return reading(self.comparison) if self.comparison is not None else f"No ER: {self.error}"
 
 
+ER_ROW_COLUMNS = ("model", "group", "reference_accuracy", "shifted_accuracy", "predicted_shifted_accuracy",
+                  "effective_robustness", "er_lower", "er_upper", "in_fit", "extrapolated", "weak_line", "inverse_line",
+                  "caution", "line_se", "er_se", "reference_n", "shifted_n", *EXAMPLE_BOOTSTRAP_COLUMNS)
+
+
 def er_rows(comparison: FitComparison, shift: str, sub_split: str = "all") -> pl.DataFrame:
-    """The ER table rows of both views with shift, sub_split, view and flat fit diagnostics."""
+    """The ER table rows with shift, sub_split, view and flat fit diagnostics: every model against all
+    baselines (view "full"), and each judged group's models against its own comparable window ("comparable")."""
     frames = []
-    for view, result in (("full", comparison.full), ("comparable", comparison.window)):
-        if result is None:
-            continue
-        cols = ["model", "group", "reference_accuracy", "shifted_accuracy", "predicted_shifted_accuracy",
-                "effective_robustness", "er_lower", "er_upper", "in_fit"]
+    views = [("full", comparison.full, None)]
+    views += [("comparable", v.result, g) for g, v in comparison.views.items() if v.result is not None]
+    for view, result, group in views:
+        table = result.table if group is None else result.table.filter(pl.col("group") == group)
+        cols = [c for c in ER_ROW_COLUMNS if c in table.columns]
         frames.append(
-            result.table.select(cols).with_columns(
+            table.select(cols).with_columns(
                 pl.lit(shift).alias("shift"), pl.lit(sub_split).alias("sub_split"), pl.lit(view).alias("view"),
                 *[pl.lit(v).alias(k) for k, v in fit_columns(result.fit).items()],
             ).select("shift", "sub_split", "view", *cols, pl.exclude(["shift", "sub_split", "view", *cols]))
         )
-    return pl.concat(frames, how="vertical_relaxed")
+    return pl.concat(frames, how="diagonal_relaxed")
 
 
 def shift_section(
@@ -195,9 +242,9 @@ def shift_section(
     title = title or (shift if sub_split == "all" else f"{shift} ({SUB_SPLIT_TITLES.get(sub_split, sub_split)})")
     aotl = exp.plot_path(f"accuracy_on_the_line_{stem}")
     erp = exp.plot_path(f"er_by_group_{stem}")
-    accuracy_on_the_line(comparison.full, comparison.window, title=f"Accuracy on the line: {title}",
+    accuracy_on_the_line(comparison.full, comparison.windows(), title=f"Accuracy on the line: {title}",
                          reference_label=reference_label, shifted_label=shifted_label, path=aotl)
-    er_by_group(comparison.full, comparison.window, title=f"Effective robustness: {title}", path=erp)
+    er_by_group(comparison.full, comparison.windows(), title=f"Effective robustness: {title}", path=erp)
     rel = lambda p: p.relative_to(exp.root).as_posix()  # noqa: E731 - paths relative to report.md
     lines = [
         f"## {title}",
@@ -206,9 +253,8 @@ def shift_section(
         "",
         fit_markdown(comparison.full.fit, "Fit, all baselines"),
     ]
-    if comparison.window is not None:
-        lines.append("")
-        lines.append(fit_markdown(comparison.window.fit, "Fit, comparable baselines"))
+    for line in comparable_fits_markdown(comparison):
+        lines += ["", line]
     lines += [
         "",
         group_table_markdown(comparison),
@@ -285,6 +331,56 @@ def ensure_metrics(exp: ExperimentStore, refresh: bool = False) -> pl.DataFrame:
     return metrics
 
 
+def stored_correctness(exp: ExperimentStore, models: Sequence[str], split: str, sub_split: str | None = None,
+                       cache: dict | None = None) -> np.ndarray:
+    """(models, examples) per-example correctness (1/0; NaN: no prediction) from stored predictions on ``split``,
+    restricted to the examples of a sub-split ("in_support"/"out_of_support") when given; columns are the
+    split's example indices in ascending order, the same for every model (the example bootstrap resamples
+    them jointly)."""
+    from lib.metrics import SUB_SPLITS
+
+    cache = {} if cache is None else cache
+    per_model = {}
+    for model in models:
+        key = (model, split)
+        if key not in cache:
+            df = exp.read_predictions(model, split)
+            cache[key] = (df["index"].to_numpy(), (df["prediction"] == df["label"]).to_numpy().astype(float))
+        per_model[model] = cache[key]
+    support = SUB_SPLITS.get(sub_split)
+    keep = None
+    if support is not None:
+        keep = exp.read_subsplit(split).filter(pl.col("support") == support)["index"].to_numpy()
+    index = np.unique(np.concatenate([ix for ix, _ in per_model.values()])) if per_model else np.zeros(0, np.int64)
+    if keep is not None:
+        index = np.intersect1d(index, keep)
+    out = np.full((len(models), len(index)), np.nan)
+    for row, model in enumerate(models):
+        ix, correct = per_model[model]
+        pos = np.searchsorted(index, ix)
+        ok = (pos < len(index)) & (index[np.minimum(pos, len(index) - 1)] == ix) if len(index) else np.zeros(len(ix), bool)
+        out[row, pos[ok]] = correct[ok]
+    return out
+
+
+def add_example_bootstrap(exp: ExperimentStore, comparison: FitComparison, reference_split: str, shifted_split: str,
+                          sub_split: str = "all", n_boot: int = 1000, seed: int = 0, cache: dict | None = None) -> None:
+    """Percentile intervals from resampled examples and baselines (lib.er.example_bootstrap) for the
+    full-range fit and every comparable window: columns ``er_lower_example_bootstrap``/``er_upper_...``."""
+    models = comparison.full.table["model"].to_list()
+    groups = comparison.full.table["group"].to_list()
+    ref = stored_correctness(exp, models, reference_split, None, cache)
+    shifted = stored_correctness(exp, models, shifted_split, None if sub_split == "all" else sub_split, cache)
+    seen = set()
+    for result in [comparison.full, *comparison.windows().values()]:
+        if id(result) in seen:
+            continue
+        seen.add(id(result))
+        boot = example_bootstrap(models, groups, ref, shifted, result.table["in_fit"].to_numpy(), scale=result.fit.scale,
+                                 n_boot=n_boot, seed=seed, confidence=result.confidence)
+        result.with_example_bootstrap(boot)
+
+
 def build_report(
     exp: ExperimentStore,
     reference_split: str = "source_val",
@@ -298,14 +394,20 @@ def build_report(
     binomial: bool = False,
     refresh_metrics: bool = False,
     title: str | None = None,
+    bootstrap_examples: int = 0,
 ) -> ReportResult:
     """ER of every shifted split ``<target>_val`` (whole, and in/out-of-support parts when the split flow
     wrote them) against ``reference_split``; writes tables/metrics.parquet, tables/er.parquet,
     tables/er_summary.parquet, plots/*.png and report.md into ``exp`` and returns what it wrote.
 
-    ``fit_range=(lo, hi)`` fixes the comparable-baseline window; by default it is the judged models'
-    reference-accuracy range ± ``margin``.
+    ``fit_range=(lo, hi)`` fixes the comparable-baseline window; by default each judged group's window is
+    its own reference-accuracy range ± ``margin``.  ``bootstrap_examples=N`` adds percentile intervals from N
+    resamples of the test examples (jointly for all models) and of the baseline models (accuracy only).
     """
+    if bootstrap_examples < 0:
+        raise ERInputError(f"bootstrap-examples must be a number of resamples >= 0, got {bootstrap_examples}")
+    if bootstrap_examples and metric != "accuracy":
+        raise ERInputError(f"--bootstrap-examples resamples per-example correctness: it needs --metric accuracy, not {metric!r}")
     metrics = ensure_metrics(exp, refresh=refresh_metrics)
     if metrics.height == 0:
         raise ERInputError(f"experiment {exp.name!r} has no stored predictions of registered models ({exp.root})")
@@ -317,6 +419,7 @@ def build_report(
     shifts = sorted(s for s in metrics["split"].unique().to_list() if s != reference_split and s.endswith("_val"))
     sections: list[ShiftSection] = []
     er_frames, summary_frames = [], []
+    predictions_cache: dict = {}
     for shift in shifts:
         present = set(metrics.filter(pl.col("split") == shift)["sub_split"].to_list())
         for sub in [s for s in ("all", "in_support", "out_of_support") if s in present]:
@@ -329,6 +432,9 @@ def build_report(
                 head = f"## {shift} ({SUB_SPLIT_TITLES.get(sub, sub)})"
                 sections.append(ShiftSection(shift, sub, None, f"{head}\n\nNo ER: {exc}.\n", error=str(exc)))
                 continue
+            if bootstrap_examples:
+                add_example_bootstrap(exp, comparison, reference_split, shift, sub, bootstrap_examples, seed,
+                                      predictions_cache)
             section = shift_section(exp, comparison, shift, sub,
                                     reference_label=f"{reference_split} {metric}", shifted_label=f"{shift} {metric}")
             sections.append(section)
@@ -337,13 +443,19 @@ def build_report(
     er_table = pl.concat(er_frames, how="vertical_relaxed") if er_frames else pl.DataFrame()
     summary = pl.concat(summary_frames, how="vertical_relaxed") if summary_frames else pl.DataFrame()
     config = {"reference_split": reference_split, "fit_range": fit_range, "scale": scale, "metric": metric,
-              "baseline_group": baseline_group, "margin": margin, "bootstrap": bootstrap, "seed": seed, "binomial": binomial}
+              "baseline_group": baseline_group, "margin": margin, "bootstrap": bootstrap, "seed": seed, "binomial": binomial,
+              "bootstrap_examples": bootstrap_examples}
     er_path = exp.write_table("er", er_table, config=config)
     summary_path = exp.write_table("er_summary", summary, config=config)
     intro = [
         f"Effective robustness (ER) of each model = {metric} on the shifted split minus the {metric} predicted "
         f"by a {scale} line fitted on the `{baseline_group}` models (reference split `{reference_split}`). "
-        f"Intervals are 95%.",
+        f"Intervals are 95%: a group's is the interval of its mean ER (the fitted line's uncertainty at the group's "
+        f"models plus the spread between them, t quantiles for few models); a model's is the line's band"
+        + (" and its own test-set noise" if binomial else "") + ". Each judged group is also compared with the "
+        f"baselines whose reference accuracy is near its own (± {margin:g}). Numbers that rest on an extrapolated, "
+        f"weak (r < 0.9) or inverse line say so."
+        + (f" Example bootstrap: {bootstrap_examples} resamples of the test examples and the baselines." if bootstrap_examples else ""),
         "",
         *[f"- **{s.shift}** ({SUB_SPLIT_TITLES.get(s.sub_split, s.sub_split)}): {s.reading}" for s in sections],
     ]
@@ -372,6 +484,7 @@ def build_report(
 __all__ = [
     "ReportResult",
     "ShiftSection",
+    "add_example_bootstrap",
     "build_report",
     "document",
     "ensure_metrics",
@@ -383,4 +496,5 @@ __all__ = [
     "png_data_uri",
     "reading",
     "shift_section",
+    "stored_correctness",
 ]

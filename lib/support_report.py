@@ -1,7 +1,7 @@
 """What the split flow reports: ER per sub-split, a histogram of calibrated probabilities, example images, markdown."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -19,25 +19,39 @@ SUB_SPLIT_LABELS = {"all": "whole split", "in_support": "in-support", "out_of_su
 
 @dataclass(frozen=True)
 class SupportER:
-    """ER per (sub-split, group) with 95% intervals; ``message`` says why a sub-split has none."""
+    """ER per (sub-split, group) with 95% intervals of the group mean; ``message`` says why a sub-split has none."""
 
-    groups: pl.DataFrame  # sub_split, group, n_models, effective_robustness, er_lower, er_upper, n_examples
-    models: pl.DataFrame  # sub_split, model, group, reference/shifted accuracy, ER and interval
+    groups: pl.DataFrame  # sub_split, group, n_models, effective_robustness, er_lower, er_upper, n_examples, cautions...
+    models: pl.DataFrame  # sub_split, model, group, reference/shifted accuracy, ER and interval, cautions
     messages: dict[str, str]
+    fits: pl.DataFrame = field(default_factory=pl.DataFrame)  # sub_split + the line's diagnostics, one row per part
 
 
 _GROUP_SCHEMA = {"sub_split": pl.String, "group": pl.String, "n_models": pl.Int64, "effective_robustness": pl.Float64,
-                 "er_lower": pl.Float64, "er_upper": pl.Float64, "n_examples": pl.Int64}
+                 "er_lower": pl.Float64, "er_upper": pl.Float64, "n_examples": pl.Int64, "er_se": pl.Float64,
+                 "line_se": pl.Float64, "spread_se": pl.Float64, "n_extrapolated": pl.Int64, "extrapolated": pl.Boolean,
+                 "weak_line": pl.Boolean, "inverse_line": pl.Boolean, "caution": pl.String,
+                 "er_lower_example_bootstrap": pl.Float64, "er_upper_example_bootstrap": pl.Float64}
+_MODEL_COLUMNS = ("model", "group", "reference_accuracy", "shifted_accuracy", "reference_n", "shifted_n",
+                  "effective_robustness", "er_lower", "er_upper", "extrapolated", "caution", "line_se",
+                  "er_lower_example_bootstrap", "er_upper_example_bootstrap")
 
 
 def support_er(exp: ExperimentStore, reference_split: str, shifted_split: str, baseline_group: str = "baseline",
-               scale: str = "probit") -> SupportER:
-    """Effective robustness of every registered model group on the whole shifted split and on each part."""
-    from lib.er import ERInputError, accuracy_pairs, effective_robustness
+               scale: str = "probit", bootstrap_examples: int = 0, seed: int = 0) -> SupportER:
+    """Effective robustness of every registered model group on the whole shifted split and on each part.
+
+    Each part has its own line (fit diagnostics in ``fits``); accuracies are clipped at 1/(2n) with n the
+    part's size.  ``bootstrap_examples=N`` adds percentile intervals from N resamples of the part's examples
+    and of the reference examples (jointly for all models) and of the baselines (lib.er.example_bootstrap).
+    """
+    from lib.er import ERInputError, accuracy_pairs, effective_robustness, example_bootstrap, fit_columns
     from lib.metrics import metrics_table
+    from lib.report import stored_correctness
 
     reference = metrics_table(exp, splits=[reference_split])
-    group_frames, model_frames, messages = [], [], {}
+    group_frames, model_frames, fit_rows, messages = [], [], [], {}
+    cache: dict = {}
     for sub in SUB_SPLITS:
         if reference.height == 0:
             messages[sub] = (f"no registered model has predictions on {reference_split!r} "
@@ -51,19 +65,31 @@ def support_er(exp: ExperimentStore, reference_split: str, shifted_split: str, b
         try:
             pairs = accuracy_pairs(pl.concat([reference, shifted], how="vertical_relaxed"), reference_split, shifted_split)
             result = effective_robustness(pairs, baseline_group=baseline_group, scale=scale)
+            if bootstrap_examples:
+                models = result.table["model"].to_list()
+                ref_c = stored_correctness(exp, models, reference_split, None, cache)
+                shift_c = stored_correctness(exp, models, shifted_split, None if sub == "all" else sub, cache)
+                result.with_example_bootstrap(example_bootstrap(
+                    models, result.table["group"].to_list(), ref_c, shift_c, result.table["in_fit"].to_numpy(),
+                    scale=scale, n_boot=bootstrap_examples, seed=seed))
         except ERInputError as exc:
             messages[sub] = str(exc)
             continue
         n_examples = int(shifted["n"].max())
-        group_frames.append(result.groups.select("group", "n_models", "effective_robustness", "er_lower", "er_upper")
+        group_frames.append(result.groups.select([c for c in _GROUP_SCHEMA if c in result.groups.columns])
                             .with_columns(pl.lit(sub).alias("sub_split"), pl.lit(n_examples).alias("n_examples")))
-        model_frames.append(result.table.select("model", "group", "reference_accuracy", "shifted_accuracy",
-                                                "effective_robustness", "er_lower", "er_upper")
+        model_frames.append(result.table.select([c for c in _MODEL_COLUMNS if c in result.table.columns])
                             .with_columns(pl.lit(sub).alias("sub_split")))
-    groups = (pl.concat(group_frames, how="vertical_relaxed").select(list(_GROUP_SCHEMA)).cast(_GROUP_SCHEMA)
-              if group_frames else pl.DataFrame(schema=_GROUP_SCHEMA))
-    models = pl.concat(model_frames, how="vertical_relaxed") if model_frames else pl.DataFrame()
-    return SupportER(groups, models, messages)
+        fit_rows.append({"sub_split": sub, "n_examples": n_examples, **fit_columns(result.fit),
+                         "describe": result.fit.describe()})
+    groups = pl.DataFrame(schema=_GROUP_SCHEMA)
+    if group_frames:
+        joined = pl.concat(group_frames, how="diagonal_relaxed")
+        groups = joined.select([pl.col(c) if c in joined.columns else pl.lit(None).alias(c) for c in _GROUP_SCHEMA]
+                               ).cast(_GROUP_SCHEMA)
+    models = pl.concat(model_frames, how="diagonal_relaxed") if model_frames else pl.DataFrame()
+    fits = pl.DataFrame(fit_rows) if fit_rows else pl.DataFrame()
+    return SupportER(groups, models, messages, fits)
 
 
 # --- plots ------------------------------------------------------------------------------------------------
@@ -157,16 +183,29 @@ def sweep_markdown(sweep: pl.DataFrame, chosen: float) -> str:
 
 
 def er_markdown(er: SupportER) -> str:
+    """ER per part and group (the group mean's 95% interval, with its cautions) and each part's line."""
     if er.groups.height == 0:
         distinct = list(dict.fromkeys(er.messages.values()))
         if len(distinct) == 1:
             return f"No ER per sub-split: {distinct[0]}."
         reasons = "; ".join(f"{SUB_SPLIT_LABELS[k]}: {v}" for k, v in er.messages.items()) or "no models"
         return f"No ER per sub-split: {reasons}."
-    lines = ["| part | examples | group | models | ER (95% interval) |", "|---|---|---|---|---|"]
-    for row in er.groups.sort("sub_split", "group").iter_rows(named=True):
-        lines.append(f"| {SUB_SPLIT_LABELS[row['sub_split']]} | {row['n_examples']} | {row['group']} | {row['n_models']} | "
-                     f"{_pct(row['effective_robustness'])} [{_pct(row['er_lower'])}, {_pct(row['er_upper'])}] |")
+    has_boot = "er_lower_example_bootstrap" in er.groups.columns and er.groups["er_lower_example_bootstrap"].is_not_null().any()
+    header = "| part | examples | group | models | ER (95% interval) |" + (" example bootstrap |" if has_boot else "") + " cautions |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    order = {s: i for i, s in enumerate(SUB_SPLITS)}
+    for row in sorted(er.groups.iter_rows(named=True), key=lambda r: (order.get(r["sub_split"], 9), r["group"])):
+        cells = [SUB_SPLIT_LABELS[row["sub_split"]], row["n_examples"], row["group"], row["n_models"],
+                 f"{_pct(row['effective_robustness'])} [{_pct(row['er_lower'])}, {_pct(row['er_upper'])}]"]
+        if has_boot:
+            lo, hi = row.get("er_lower_example_bootstrap"), row.get("er_upper_example_bootstrap")
+            cells.append("n/a" if lo is None else f"[{_pct(lo)}, {_pct(hi)}]")
+        cells.append(row.get("caution") or "")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if er.fits.height:
+        lines += ["", "Line per part:", ""]
+        for row in sorted(er.fits.iter_rows(named=True), key=lambda r: order.get(r["sub_split"], 9)):
+            lines.append(f"- {SUB_SPLIT_LABELS[row['sub_split']]}: {row['describe']}.")
     for sub, message in er.messages.items():
         lines.append(f"\n{SUB_SPLIT_LABELS[sub]}: {message}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from lib.er import effective_robustness
 
 COLUMNS = ["model", "group", "reference_accuracy", "shifted_accuracy", "predicted_shifted_accuracy",
            "effective_robustness", "er_lower", "er_upper"]
+GUARDRAILS = ["extrapolated", "weak_line", "inverse_line", "caution"]  # added after the contract columns
 
 
 def run_er(askshift, *args):
@@ -37,7 +38,7 @@ def test_csv_output_has_the_contract_columns_in_order_and_the_engine_values(asks
     proc = run_er(askshift, path)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.reader(io.StringIO(proc.stdout)))
-    assert rows[0] == COLUMNS
+    assert rows[0] == COLUMNS + GUARDRAILS
     assert [r[0] for r in rows[1:]] == accuracies["model"].to_list()
     expected = effective_robustness(accuracies).output_table()
     got = pl.read_csv(io.StringIO(proc.stdout))
@@ -51,10 +52,14 @@ def test_json_output_adds_a_summary_per_group_and_fit_diagnostics(askshift, accu
     proc = run_er(askshift, path, "--format", "json", "--scale", "logit")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert list(data["models"][0]) == COLUMNS and len(data["models"]) == 10
+    assert list(data["models"][0]) == COLUMNS + GUARDRAILS and len(data["models"]) == 10
     groups = {g["group"]: g for g in data["groups"]}
     assert groups["clip-ft"]["n_models"] == 3
     assert groups["clip-ft"]["er_lower"] < groups["clip-ft"]["effective_robustness"] < groups["clip-ft"]["er_upper"]
+    # one interval: the group mean's, under both names; its parts are given
+    assert (groups["clip-ft"]["er_lower_total"], groups["clip-ft"]["er_upper_total"]) == \
+        (groups["clip-ft"]["er_lower"], groups["clip-ft"]["er_upper"])
+    assert {"er_se", "line_se", "spread_se", "extrapolated", "weak_line", "inverse_line", "caution"} <= set(groups["clip-ft"])
     assert data["fit"]["scale"] == "logit" and data["fit"]["n_baselines"] == 7
     assert {"r", "residual_sd", "reference_min", "reference_max"} <= set(data["fit"])
 
@@ -68,9 +73,25 @@ def test_parquet_input_with_fit_range_bootstrap_and_out_file(askshift, accuracie
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and str(out) in proc.stderr
     got = pl.read_csv(out)
-    assert got.columns == COLUMNS and got.height == 10
+    assert got.columns == COLUMNS + GUARDRAILS and got.height == 10
     assert (got["er_lower"] <= got["effective_robustness"]).all() and (got["effective_robustness"] <= got["er_upper"]).all()
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file behind
+
+
+def test_csv_and_json_show_the_same_interval_and_say_when_a_model_is_extrapolated(askshift, accuracies, tmp_path):
+    # One judged model far beyond the baselines' reference accuracy: flagged in the column and in words.
+    table = accuracies.with_columns(
+        reference_accuracy=pl.when(pl.col("model") == "m9").then(0.995).otherwise(pl.col("reference_accuracy")))
+    path = tmp_path / "acc.csv"
+    table.write_csv(path)
+    csv_rows = pl.read_csv(io.StringIO(run_er(askshift, path, "--binomial").stdout))
+    data = json.loads(run_er(askshift, path, "--binomial", "--format", "json").stdout)
+    m9 = csv_rows.filter(pl.col("model") == "m9").row(0, named=True)
+    assert m9["extrapolated"] is True and "extrapolated" in m9["caution"]
+    assert [r["er_lower"] for r in data["models"]] == pytest.approx(csv_rows["er_lower"].to_list())
+    engine = effective_robustness(table, binomial=True).group("clip-ft")
+    group = {g["group"]: g for g in data["groups"]}["clip-ft"]
+    assert group["er_lower"] == pytest.approx(engine["er_lower"]) and "extrapolated (1 of 3 models)" in group["caution"]
 
 
 def _bad_tables(tmp_path, accuracies):

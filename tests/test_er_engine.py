@@ -181,7 +181,10 @@ def test_group_interval_adds_the_shared_line_variance_to_the_spread_between_mode
     v_line, v_spread = level**2 + slope**2, pre["effective_robustness"].var() / 4
     t_line, t_spread = stats.t.ppf(0.975, fit.n - 2), stats.t.ppf(0.975, 3)
     nu = (v_line + v_spread) ** 2 / (v_line**2 / (fit.n - 2) + v_spread**2 / 3)
-    half = 0.5 * (stats.t.ppf(0.975, nu) * math.sqrt(v_line + v_spread) + math.sqrt(t_line**2 * v_line + t_spread**2 * v_spread))
+    welch = stats.t.ppf(0.975, nu) * math.sqrt(v_line + v_spread)
+    bound = math.sqrt(t_line**2 * v_line + t_spread**2 * v_spread)
+    weight = 0.5 + 0.3 * min(1, 8 / (fit.n - 2))  # Welch's weight grows as the best-determined part's dof fall
+    half = weight * welch + (1 - weight) * bound
     row = result.group("pre")
     assert row["line_se"] == pytest.approx(math.sqrt(v_line), rel=1e-9)
     assert row["spread_se"] == pytest.approx(math.sqrt(v_spread), rel=1e-9)
@@ -356,3 +359,27 @@ def test_unknown_scale_and_bad_fit_range_are_input_errors():
             parse_fit_range(bad)
     with pytest.raises(ERInputError, match="same reference accuracy"):
         fit_line([0.5, 0.5, 0.5], [0.3, 0.4, 0.5])
+
+
+def test_example_bootstrap_resamples_the_same_examples_for_every_model():
+    from lib.er import example_bootstrap
+
+    rng = np.random.default_rng(16)
+    n_base, n_ex = 12, 400
+    difficulty = rng.normal(0, 1, n_ex)
+    ability = np.linspace(-0.5, 1.5, n_base)
+    ref = (rng.random((n_base, n_ex)) < PHI(ability[:, None] * 1.5 - difficulty)).astype(float)
+    shift = (rng.random((n_base, n_ex)) < PHI(ability[:, None] * 1.5 - 0.7 - difficulty)).astype(float)
+    # "copy" has exactly the predictions of baseline 3: on jointly resampled examples its ER equals b3's every time
+    ref, shift = np.vstack([ref, ref[3]]), np.vstack([shift, shift[3]])
+    models = [f"b{i}" for i in range(n_base)] + ["copy"]
+    groups = ["baseline"] * n_base + ["pre"]
+    in_fit = np.array([g == "baseline" for g in groups])
+    boot = example_bootstrap(models, groups, ref, shift, in_fit, n_boot=200, seed=5)
+    rows = {r["model"]: r for r in boot.models.to_dicts()}
+    assert rows["copy"]["er_lower_example_bootstrap"] == pytest.approx(rows["b3"]["er_lower_example_bootstrap"])
+    assert rows["copy"]["er_upper_example_bootstrap"] == pytest.approx(rows["b3"]["er_upper_example_bootstrap"])
+    assert boot.n_boot == 200 and boot.models.equals(example_bootstrap(models, groups, ref, shift, in_fit, n_boot=200, seed=5).models)
+    # a missing prediction (NaN) is left out of that model's accuracy, not counted wrong
+    ref[-1, :10] = np.nan
+    assert example_bootstrap(models, groups, ref, shift, in_fit, n_boot=50, seed=5).groups.height == 2

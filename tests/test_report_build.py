@@ -160,3 +160,62 @@ def test_metrics_written_without_sub_splits_are_recomputed_once_sub_splits_exist
     exp.write_table("metrics", metrics_table(exp).drop("sub_split"))  # as a flow might write it
     metrics = ensure_metrics(exp)
     assert {"all", "in_support", "out_of_support"} == set(metrics["sub_split"])
+
+
+def test_every_surface_shows_the_same_group_interval(built):
+    """The report's summary, its ER section, the split report's per-part table and `askshift er` on the same
+    accuracies give one interval per group (the group mean's)."""
+    from lib.er import accuracy_pairs, effective_robustness
+    from lib.support_report import er_markdown, support_er
+
+    exp, result = built
+    parts = support_er(exp, "source_val", "tint_val")
+    for sub in ("all", "in_support", "out_of_support"):
+        summary = result.summary.filter((pl.col("view") == "full") & (pl.col("group") == "ft") & (pl.col("sub_split") == sub))
+        row = summary.row(0, named=True)
+        part = parts.groups.filter((pl.col("sub_split") == sub) & (pl.col("group") == "ft")).row(0, named=True)
+        reference = result.metrics.filter((pl.col("split") == "source_val") & (pl.col("sub_split") == "all"))
+        shifted = result.metrics.filter((pl.col("split") == "tint_val") & (pl.col("sub_split") == sub))
+        cli = effective_robustness(accuracy_pairs(pl.concat([reference, shifted]), "source_val", "tint_val")).group("ft")
+        for other in (part, cli):
+            assert other["er_lower"] == pytest.approx(row["er_lower"]) and other["er_upper"] == pytest.approx(row["er_upper"])
+        assert (row["er_lower_total"], row["er_upper_total"]) == (row["er_lower"], row["er_upper"])
+    assert parts.fits.height == 3 and {"fit_r", "fit_n", "fit_weak_line", "describe"} <= set(parts.fits.columns)
+    assert "Line per part" in er_markdown(parts)
+
+
+def test_example_bootstrap_adds_percentile_intervals_to_tables_and_report(tmp_path):
+    exp = make_experiment(tmp_path / "exp", n_baselines=6, n_pretrained=3)
+    result = build_report(exp, bootstrap_examples=60, seed=3)
+    for table in (result.er_table, result.summary):
+        assert {"er_lower_example_bootstrap", "er_upper_example_bootstrap"} <= set(table.columns)
+    ft = result.summary.filter((pl.col("view") == "full") & (pl.col("group") == "ft") & (pl.col("sub_split") == "all"))
+    lo, hi = ft["er_lower_example_bootstrap"][0], ft["er_upper_example_bootstrap"][0]
+    assert lo < ft["effective_robustness"][0] < hi
+    assert "example bootstrap" in result.markdown
+    again = build_report(exp, bootstrap_examples=60, seed=3).summary
+    assert again["er_lower_example_bootstrap"].to_list() == result.summary["er_lower_example_bootstrap"].to_list()
+    with pytest.raises(Exception, match="needs --metric accuracy"):
+        build_report(exp, bootstrap_examples=10, metric="macro_f1")
+
+
+def test_stored_correctness_aligns_examples_by_index_across_models(tmp_path):
+    from lib.report import stored_correctness
+
+    exp = ExperimentStore(tmp_path / "exp")
+    labels = np.array([0, 1, 2, 3])
+    logits = np.eye(4, dtype=np.float32)
+    exp.write_predictions("a", "s_val", logits, labels, indices=np.array([10, 11, 12, 13]))
+    wrong = np.roll(np.eye(4, dtype=np.float32), 1, axis=1)[:3]
+    exp.write_predictions("b", "s_val", wrong, labels[:3], indices=np.array([12, 10, 11]))
+    matrix = stored_correctness(exp, ["a", "b"], "s_val")
+    assert matrix.shape == (2, 4)
+    assert matrix[0].tolist() == [1, 1, 1, 1]
+    assert matrix[1, :3].tolist() == [0, 0, 0] and np.isnan(matrix[1, 3])
+
+
+def test_report_says_extrapolated_next_to_the_number(tmp_path):
+    # A comparable window of baselines at 0.55-0.70 judges fine-tuned models at 0.75-0.85: its line is extrapolated.
+    exp = make_experiment(tmp_path / "exp", n_baselines=6, n_pretrained=3, subsplit=False)
+    text = build_report(exp, fit_range=(0.5, 0.7)).markdown
+    assert "extrapolated" in text

@@ -26,9 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _write(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from flows.cli import CliError
+    from flows.cli import fail
     from lib.beton import BetonOptions, ensure_beton
     from lib.datasets import DatasetLayoutError, dataset_info
     from lib.registry import UnknownNameError
@@ -39,9 +37,7 @@ def _write(args: argparse.Namespace) -> int:
                                jpeg_quality=args.jpeg_quality, num_workers=args.num_workers)
         beton = ensure_beton(args.name, args.split, args.out, args.root, options)
     except (UnknownNameError, DatasetLayoutError, ValueError, OSError) as exc:
-        if isinstance(exc, ValidationError):
-            raise CliError(str(exc.errors()[0]["msg"])) from None
-        raise CliError(str(exc)) from None
+        raise fail(exc) from None
     print(f"{beton.path}")
     print(f"records: {beton.num_records}")
     return 0

@@ -22,9 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "Output columns: model, group, reference_accuracy, shifted_accuracy, predicted_shifted_accuracy, "
-            "effective_robustness, er_lower, er_upper. --format json adds a summary per group (n_models, mean ER, "
-            "er_lower/er_upper = mean +- 1.96 SE over its models, er_lower_total/er_upper_total adding the line's "
-            "band) and the fit diagnostics (r, residual sd, n, reference-accuracy range)."
+            "effective_robustness, er_lower, er_upper (the model's interval: the fitted line's band, plus its own "
+            "test-set noise with --binomial), then the guardrails extrapolated (reference accuracy beyond the "
+            "baselines' range), weak_line (r < 0.9), inverse_line (slope <= 0) and caution (the same in words). "
+            "With reference_n/shifted_n, accuracies are clipped at 1/(2n) and the slope is corrected for test-set "
+            "noise. --format json adds a summary per group (n_models, mean ER, er_lower/er_upper = the 95% interval "
+            "of the group's mean: the line's uncertainty at its models plus the spread between them, t quantiles; "
+            "er_lower_total/er_upper_total are the same numbers, their former name; er_se, line_se, spread_se; the "
+            "guardrails) and the fit diagnostics (r, residual sd, n, reference-accuracy range, reliability)."
         ),
     )
     parser.add_argument("table", metavar="TABLE", help="CSV or Parquet file (.parquet/.pq read as Parquet)")
@@ -41,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="band from N line fits on resampled baseline models instead of the t band")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     parser.add_argument("--binomial", action="store_true",
-                        help="widen intervals by Clopper-Pearson intervals of each accuracy "
-                             "(needs reference_n and shifted_n columns)")
+                        help="widen each model's interval by its own test-set noise (Wilson intervals of its "
+                             "accuracies; needs reference_n and shifted_n columns); group intervals already hold it")
     parser.set_defaults(func=run)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli import CliError
+from flows.cli import CliError, fail
 
 DESCRIPTION = (
     "Pre-train a network on a generated corpus of letter glyphs (many fonts, random glyph and background "
@@ -45,8 +45,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = PretrainConfig(**values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise CliError(f"invalid pretrain setting {'.'.join(str(p) for p in err['loc'])!r}: {err['msg']}") from None
+        raise fail(exc, "pretrain") from None
+    from flows.cli import check_device, check_seeds
+
+    check_seeds(args.seed)
+    check_device(args.device)
+    _check_out(args.out)
     if args.threads is not None:
         if args.threads < 1:
             raise CliError(f"--threads must be at least 1, got {args.threads}")
@@ -59,6 +63,27 @@ def run(args: argparse.Namespace) -> int:
         ModelName.parse(config.model)
         result = pretrain(config, args.out, device=args.device, force=args.force)
     except (UnknownNameError, ValueError) as exc:
-        raise CliError(str(exc).splitlines()[0]) from None
+        raise fail(exc) from None
     print(result.path)
     return 0
+
+
+def _check_out(out: str) -> None:
+    """The checkpoint's folder must exist (or be creatable) and be writable before minutes of pre-training."""
+    from pathlib import Path
+
+    folder = Path(out).expanduser().absolute().parent
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CliError(f"--out {out}: {existing} is a file, not a folder")
+    import tempfile
+
+    try:  # os.access says yes to root even on /proc; a real probe file does not lie
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".askshift-probe-"):
+            pass
+    except OSError:
+        raise CliError(f"--out {out}: cannot write in {existing} (pick a writable folder)") from None
+    if Path(out).is_dir():
+        raise CliError(f"--out {out} is a folder; give a file name such as {Path(out) / 'pretrained.pt'}")

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from flows.cli import CliError
+from flows.cli import CliError, fail
 
 FLOW_NAME = "baseline"
 HELP = ("train from-scratch baseline models on a shift's reference data (epoch checkpoints x train fractions), "
@@ -68,15 +68,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _validation_line(exc: Any) -> str:
-    """One line naming the first invalid setting."""
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err.get("loc", ())) or "config"
-    message = err.get("msg", str(exc)).removeprefix("Value error, ")
-    extra = f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"invalid baseline setting {where!r}: {message}{extra}"
-
-
 def build_config(args: argparse.Namespace):
     """BaselineConfig from --config FILE plus flags; every user error becomes a CliError before any compute."""
     from pydantic import ValidationError
@@ -88,13 +79,17 @@ def build_config(args: argparse.Namespace):
     try:
         config = BaselineConfig.model_validate(data)
     except ValidationError as exc:
-        raise CliError(_validation_line(exc)) from None
+        raise fail(exc, "baseline") from None
+    from flows.cli import check_device, check_seeds
+
+    check_seeds(config.seeds, "--seeds")
+    check_device(config.device)
     _check_names(config)
     return config
 
 
 def _check_names(config) -> None:
-    from lib.models import ModelName
+    from lib.models import check_model_name
     from lib.registry import UnknownNameError
     from lib.specs import get_spec
 
@@ -102,9 +97,9 @@ def _check_names(config) -> None:
 
     try:
         spec = get_spec(config.shift, dataset=config.dataset, root=config.root)
-        ModelName.parse(config.model)
+        check_model_name(config.model)
     except (UnknownNameError, ValueError, FileNotFoundError) as exc:
-        raise CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise fail(exc) from None
     for dist in [spec.reference, *spec.targets.values()]:
         info = dataset_info(dist.dataset)
         if info.needs_root and not dist.root:
@@ -116,7 +111,7 @@ def _check_names(config) -> None:
     try:
         check_spec_data(spec)
     except (OSError, ValueError) as exc:  # DatasetLayoutError is an OSError
-        raise CliError(str(exc).splitlines()[0]) from None
+        raise fail(exc) from None
 
 
 def execute(args: argparse.Namespace, task_runner: Any) -> int:

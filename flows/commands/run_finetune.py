@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.cli import CliError
+from flows.cli import CliError, fail
 
 FLOW_NAME = "finetune"
 HELP = ("fine-tune pre-trained models (FT, LP, LP-FT, ZS-FT + a same-architecture scratch control) on a shift's "
@@ -100,9 +100,7 @@ def _validated(cls, data: dict, what: str):
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "config"
-        raise CliError(f"invalid {what} setting {where!r}: {err.get('msg', '').removeprefix('Value error, ')}") from None
+        raise fail(exc, what) from None
 
 
 def build_config(args: argparse.Namespace):
@@ -126,7 +124,7 @@ def build_config(args: argparse.Namespace):
 
         check_spec_data(get_spec(args.shift, dataset=args.dataset, root=args.root))
     except (UnknownNameError, FinetuneInputError, PretrainedUnavailable, ValueError, OSError) as exc:
-        raise CliError(str(exc).splitlines()[0]) from None
+        raise fail(exc) from None
     data = {
         "dataset": args.dataset, "shift": args.shift, "root": args.root, "store": args.store,
         "experiment": args.experiment, "cache_dir": args.cache_dir, "preset": preset, "models": tuple(models),
@@ -166,7 +164,7 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
     try:
         result = runner(config)
     except (FinetuneInputError, PretrainedUnavailable) as exc:
-        raise CliError(str(exc).splitlines()[0]) from None
+        raise fail(exc) from None
     print(result["experiment"])
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.cli import CliError
+from flows.cli import CliError, fail
 from flows.commands import run_finetune
 
 FLOW_NAME = "hparam"
@@ -49,7 +49,7 @@ def build_config(args: argparse.Namespace):
         STRATEGIES.get(strategy)
         validate_finetune(base.models[:1], [strategy], class_names_needed=False)
     except (UnknownNameError, FinetuneInputError) as exc:
-        raise CliError(str(exc).splitlines()[0]) from None
+        raise fail(exc) from None
     return AblationConfig(
         finetune=base, model=base.models[0], strategy=strategy,
         epochs=_grid(args.epochs_grid, int, "--epochs-grid", True),

@@ -21,6 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accuracy (default), balanced_accuracy, worst_group_accuracy, macro_f1 or auroc")
     parser.add_argument("--baseline-group", default="baseline", help="group the line is fitted on (default baseline)")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap band from N resampled fits")
+    parser.add_argument("--bootstrap-examples", type=int, default=0, metavar="N",
+                        help="also give percentile intervals from N resamples of the test examples (the same examples "
+                             "for every model) and of the baseline models, refitting the line each time (accuracy only)")
+    parser.add_argument("--binomial", action="store_true",
+                        help="per-model intervals also carry each model's own test-set noise (group intervals already do)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstraps (default 0)")
 
 
 def execute(args: argparse.Namespace, task_runner: Any) -> int:
@@ -36,6 +42,10 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
         raise CliError(SCALES.unknown_message(args.scale))
     if args.metric not in METRICS:
         raise CliError(METRICS.unknown_message(args.metric))
+    if args.bootstrap < 0 or args.bootstrap_examples < 0:
+        raise CliError("--bootstrap and --bootstrap-examples take a number of resamples >= 0")
+    if args.bootstrap_examples and args.metric != "accuracy":
+        raise CliError(f"--bootstrap-examples resamples per-example correctness: it needs --metric accuracy, not {args.metric!r}")
     exp = Store(args.store).experiment(args.experiment)
     if not exp.root.is_dir():
         raise CliError(f"no experiment {args.experiment!r} in store {args.store} (expected folder {exp.root})")
@@ -44,7 +54,8 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
     flow = report if task_runner is None else report.with_options(task_runner=task_runner)
     try:
         result = flow(store=args.store, experiment=args.experiment, fit_range=fit_range, scale=args.scale,
-                      metric=args.metric, baseline_group=args.baseline_group, bootstrap=args.bootstrap)
+                      metric=args.metric, baseline_group=args.baseline_group, bootstrap=args.bootstrap,
+                      binomial=args.binomial, bootstrap_examples=args.bootstrap_examples, seed=args.seed)
     except ERInputError as exc:
         raise CliError(" ".join(str(exc).split())) from None
     print(result.report_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.cli import CliError
+from flows.cli import CliError, fail
 
 FLOW_NAME = "split"
 HELP = ("split a shifted data set into the part the reference distribution covers (in-support) and the part it "
@@ -123,11 +123,9 @@ def build_config(args: argparse.Namespace):
             load_domain_data(config.setup(target))  # classes, sizes and folds are checked here
             domain_decoding(config.setup(target))  # both sides decodable alike at these settings
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "setting"
-        raise CliError(f"invalid split setting {where!r}: {err.get('msg', '').removeprefix('Value error, ')}") from None
+        raise fail(exc, "split") from None
     except (SupportInputError, UnknownNameError, OSError, ValueError) as exc:
-        raise CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise fail(exc) from None
     return config
 
 

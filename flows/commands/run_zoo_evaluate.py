@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from flows.cli import CliError
+from flows.cli import CliError, fail
 
 FLOW_NAME = "zoo-evaluate"
 HELP = ("predict published timm classifiers (weights in local files) on a reference and a shifted data set with each "
@@ -137,7 +137,7 @@ def check_data_roots(args: argparse.Namespace) -> None:
         try:
             info = dataset_info(name)
         except UnknownNameError as exc:
-            raise CliError(str(exc).splitlines()[0]) from None
+            raise fail(exc) from None
         if info.needs_root and not root:
             raise CliError(f"dataset {name!r} is read from a local folder: pass {flag} PATH ({info.layout})")
         if root and not Path(root).expanduser().exists():
@@ -156,7 +156,7 @@ def check_heads(models: list[str], num_classes: int | None, args: argparse.Names
     try:
         classes = dataset_num_classes(dataset, root)
     except (FileNotFoundError, ValueError) as exc:
-        raise CliError(str(exc).splitlines()[0]) from None
+        raise fail(exc) from None
     for model in models:
         head = num_classes or int(getattr(timm.models.get_pretrained_cfg(model), "num_classes", 0) or 1000)
         if head < classes:

@@ -43,6 +43,12 @@ def _serve(args: argparse.Namespace) -> int:
     from flows.cli import CliError
     from flows.deployments import PREFECT_YAML
 
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise CliError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be at least 1 (flow runs at a time), got {args.limit}")
+    if args.startup_timeout <= 0:
+        raise CliError(f"--startup-timeout must be more than 0 seconds, got {args.startup_timeout:g}")
     path = args.deployments or str(PREFECT_YAML)
     if not os.path.isfile(path):
         raise CliError(f"deployments file {path} does not exist (see deployments/prefect.yaml)")

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flows.cli import check_seeds
+
+    check_seeds(args.seed)
     if args.store is not None:
         auroc = check(args.seed, args.store)
     else:

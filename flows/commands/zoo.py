@@ -72,20 +72,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"{shift.title} vs {shift.reference_title}: {report.table.height} timm models "
           f"({counts.get('baseline', 0)} baseline = ImageNet-1k only, {counts.get('pretrained', 0)} pretrained = extra data)")
     print(f"  fit:        {comparison.full.fit.describe()}")
-    for view, result in (("all baselines", comparison.full), ("comparable", comparison.window)):
-        if result is None:
-            continue
-        row = result.group("pretrained") if "pretrained" in result.groups["group"].to_list() else None
-        if row is None:
-            continue
-        window = "" if view == "all baselines" else \
-            f" baselines ({result.fit.n} with reference accuracy {result.fit.fit_range[0]:.3f}-{result.fit.fit_range[1]:.3f})"
-        print(f"  pretrained: mean ER {describe_interval(row)} against {view}{window}")
+    full = comparison.full
+    if full.has_group("pretrained"):
+        print(f"  pretrained: mean ER {describe_interval(full.group('pretrained'))} against all baselines")
+    view = comparison.views.get("pretrained")
+    if view is not None and view.row is not None:
+        lo, hi = view.fit_range
+        print(f"  pretrained: mean ER {describe_interval(view.row)} against comparable baselines "
+              f"({view.result.fit.n} with reference accuracy {lo:.3f}-{hi:.3f})")
+    elif view is not None:
+        print(f"  comparable: {view.note}")
     print(f"  reading:    {report.reading}")
-    if comparison.disagree or comparison.weak_fit:
+    if comparison.disagree or comparison.weak_fit or full.fit.inverse_line or (view is not None and view.note):
         print(f"  caution:    {comparison.message}")
     print(f"report:  {report.report_path}")
     print(f"tables:  {report.er_path}  {report.er_csv_path}  {report.summary_path}")
     print(f"plots:   {'  '.join(str(p) for p in report.plots)}")
-    print("(group intervals: 95%, spread over models and the fitted line's band combined)")
+    print("(group intervals: 95% for the group's mean ER: the fitted line's uncertainty at its models plus the spread "
+          "between them)")
     return 0
