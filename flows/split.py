@@ -48,6 +48,8 @@ class SplitConfig(BaseModel):
     num_workers: int = Field(1, ge=1, description="FFCV decoding threads per task")
     baseline_group: str = Field("baseline", description="group whose models define the ER line")
     examples_per_row: int = Field(8, ge=0, le=32, description="images per row of the example grid")
+    bootstrap_examples: int = Field(0, ge=0, description="per-part ER: also an example-level bootstrap with this many "
+                                    "resamples (examples of every split jointly, and baseline models); 0 = off")
     seed: int = 0
 
     @model_validator(mode="before")
@@ -161,9 +163,12 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
     log(f"{split}: AUROC {estimate.auroc:.3f}, alpha {estimate.calibration.alpha:.4g}"
         + (f" -- WARNING: {failure}" if failure else ""))
 
-    er = support_er(exp, config.eval_reference_split, split, config.baseline_group)
+    er = support_er(exp, config.eval_reference_split, split, config.baseline_group,
+                    bootstrap_examples=config.bootstrap_examples, seed=config.seed)
     if er.groups.height:
         exp.write_table(f"support_er_{target}", er.groups, config=resolved)
+        if er.fits.height:
+            exp.write_table(f"support_er_fits_{target}", er.fits, config=resolved)
         exp.write_table(f"support_er_models_{target}", er.models, config=resolved)
 
     plots = {"calibrated probabilities": probability_histogram(estimate, exp.plot_path(f"support_hist_{target}"),

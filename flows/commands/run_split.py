@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lrs", type=float, nargs="+", metavar="LR", help="learning-rate grid (picked by held-out AUROC)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs of each fold's classifier")
     parser.add_argument("--reference-size", type=int, help="reference examples sampled (default 100000)")
+    parser.add_argument("--bootstrap-examples", type=int, default=0, metavar="N",
+                        help="per-part ER: also an example-level bootstrap with N resamples (default 0: off)")
     parser.add_argument("--resolution", type=int, metavar="N",
                         help="image side the domain classifier reads (default: its model's own for photos, e.g. 64 px "
                              "for cnn:small; the reference's stored size for same-size arrays)")
@@ -113,7 +115,8 @@ def build_config(args: argparse.Namespace):
         classifier = classifier.model_validate({**classifier.model_dump(), **updates})
         fields: dict[str, Any] = dict(spec=spec, classifier=classifier, folds=args.folds, epsilons=epsilons,
                                       store=args.store, experiment=args.experiment, cache_dir=args.cache_dir,
-                                      device=args.device, seed=args.seed)
+                                      device=args.device, seed=args.seed,
+                                      bootstrap_examples=args.bootstrap_examples)
         if epsilon is not None:
             fields["epsilon"] = epsilon
         config = SplitConfig(**fields)
