@@ -111,9 +111,11 @@ def predict_to_store(
     if todo:
         device = resolve_device(device)
         dataset = spec.distribution(split)[0].dataset
+        records = {row["model"]: json.loads(row["info"]) for row in exp.models().iter_rows(named=True)}  # read once
         by_config: dict[Any, list[str]] = {}
         for model_id in todo:  # models that read the split the same way share one loader
-            config = eval_config(exp, model_id, dataset, batch_size=batch_size, num_workers=num_workers, device=str(device))
+            config = eval_config(records.get(model_id, {}), dataset, batch_size=batch_size, num_workers=num_workers,
+                                 device=str(device))
             by_config.setdefault(config, []).append(model_id)
         for config, ids in by_config.items():
             with eval_loader(spec, split, cache_dir, config) as loader:
@@ -126,14 +128,11 @@ def predict_to_store(
     return [exp.predictions_path(m, split) for m in model_ids]
 
 
-def eval_config(exp: ExperimentStore, model_id: str, dataset: str, **fields: Any):
-    """The evaluation LoaderConfig of a registered model on ``dataset``: its family's transform at its resolution."""
+def eval_config(record: dict[str, Any], dataset: str, **fields: Any):
+    """The evaluation LoaderConfig of a registered model (its ``model_record``) on ``dataset``: its family's
+    transform at its resolution (an unregistered model, ``{}``: the images as stored)."""
     from lib.transforms import loader_config
 
-    try:
-        record = model_record(exp, model_id)
-    except KeyError:
-        record = {}
     return loader_config(dataset, record.get("architecture"), train=False, resolution=record.get("resolution"), **fields)
 
 

@@ -599,7 +599,7 @@ def dfr_registered_model(
                          "(use a dataset with group metadata, e.g. wilds:waterbirds)")
     device = resolve_device(device)
     model = load_registered_model(exp, model_id)
-    config = eval_config(exp, model_id, spec.distribution(split)[0].dataset, batch_size=512, num_workers=num_workers,
+    config = eval_config(record, spec.distribution(split)[0].dataset, batch_size=512, num_workers=num_workers,
                          device=str(device))
     loader = split_loader(spec, split, cache_dir, config, train=False)
     feats, labels, indices = extract_features(model, loader, device)
