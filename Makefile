@@ -13,8 +13,10 @@ bootstrap:
 demo: bootstrap  ## the main job: the paper's experiment in miniature (CPU, minutes)
 	@.venv/bin/askshift demo --seed $(SEED) --store $(STORE)
 
-test: bootstrap  ## the whole test suite (starts its own Prefect API and single-node SLURM cluster)
-	@.venv/bin/python -m pytest $(PYTEST_ARGS)
+TEST_WORKERS ?= 2
+
+test: bootstrap  ## the whole test suite (starts its own Prefect API and single-node SLURM cluster), 2 worker processes
+	@.venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: bootstrap  ## the suite without the end-to-end flows
 	@.venv/bin/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)

@@ -3,7 +3,8 @@
 # Idempotent: a stamp keyed on pyproject.toml and this script makes a second run take ~1 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEB_PKGS="pkg-config libopencv-dev libturbojpeg0-dev slurmctld slurmd slurm-client munge"
+# chromium: the headless browser of tests/test_ui_browser.py (the Prefect UI in a real browser).
+DEB_PKGS="pkg-config libopencv-dev libturbojpeg0-dev slurmctld slurmd slurm-client munge chromium"
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 

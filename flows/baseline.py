@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow
-from prefect.futures import wait
+from prefect.futures import as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from flows.naming import baseline_name, run_name
+from lib.names import DATASET_SCHEMA, MODEL_SCHEMA, SHIFT_SCHEMA, check_dataset, check_model, check_shift
 from lib.store import Store
 from lib.training import RunConfig, TrainConfig
+from tasks.futures import results
 from tasks.data import write_split
 from tasks.prediction import predict_split
 from tasks.training import train_one_model
@@ -22,36 +25,58 @@ class BaselineConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dataset: str = Field("digits", description="dataset name (askshift datasets)")
-    shift: str = Field("tint_p=0.5", description="shift preset (askshift shifts), e.g. tint_p=0.5, label_p=0.2, out_of_support")
+    dataset: str = Field("digits", json_schema_extra=DATASET_SCHEMA,
+                         description="dataset name (askshift datasets): digits, cifar10, imagefolder, npz, wilds:NAME, ...")
+    shift: str = Field("tint_p=0.5", json_schema_extra=SHIFT_SCHEMA,
+                       description="shift preset (askshift shifts), e.g. tint_p=0.5, label_p=0.2, out_of_support, or "
+                                   "a YAML/JSON spec file")
     root: str | None = Field(None, description="dataset folder, for datasets that are not bundled")
-    store: str = Field("store", description="results store root; the experiment lands in STORE/EXPERIMENT/")
+    store: str = Field("store", description="results store root; the experiment lands in STORE/EXPERIMENT/. A relative "
+                                            "path is resolved when the run starts, against the working directory of "
+                                            "the process running it (askshift serve: where serve was started)")
     experiment: str | None = Field(None, description="experiment folder name; default: the spec's name")
     cache_dir: str | None = Field(None, description="where .beton files are cached; default STORE/_cache")
-    model: str = Field("cnn:small", description="architecture of the baseline models (lib.models name)")
-    widths: tuple[float, ...] = Field((1.0,), min_length=1, description="width multipliers (cnn only) for a wider spread of accuracies")
-    train_fractions: tuple[float, ...] = Field((1.0, 0.5, 0.25), min_length=1, description="fractions of source_train, one model each")
-    seeds: tuple[int, ...] = Field((0,), min_length=1, description="one model per seed (and width and fraction)")
-    epochs: int = Field(6, ge=1, le=10_000)
-    keep_epochs: tuple[int, ...] | None = Field(None, description="epochs kept as baseline models; default: every epoch")
-    lr: float = Field(1e-2, gt=0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    schedule: Literal["cosine", "triangle", "constant", "step"] = "cosine"
-    warmup_epochs: float = Field(0.5, ge=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    grad_clip: float | None = Field(1.0, gt=0)
-    batch_size: int = Field(32, ge=1)
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    model: str = Field("cnn:small", json_schema_extra=MODEL_SCHEMA,
+                       description="architecture of the baseline models (askshift models), e.g. cnn:small, cnn:tiny")
+    widths: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (1.0,), json_schema_extra={"minItems": 1}, description="width multipliers (cnn only) for a wider spread of accuracies")
+    # The limits are in the schema (the form refuses 1.5 on Submit); the validator words the CLI's error.
+    train_fractions: tuple[float, ...] = Field(
+        (1.0, 0.5, 0.25),
+        json_schema_extra={"minItems": 1, "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}},
+        description="fractions of source_train, each more than 0 and at most 1; one model each")
+    seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field(
+        (0,), json_schema_extra={"minItems": 1}, description="one model per seed (and width and fraction); 0 or more")
+    epochs: int = Field(6, ge=1, le=10_000, description="training epochs per model (label_p shifts train twice as long)")
+    keep_epochs: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(
+        None, description="epochs kept as baseline models; default: every epoch")
+    lr: float = Field(1e-2, gt=0, description="peak learning rate")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="optimiser")
+    schedule: Literal["cosine", "triangle", "constant", "step"] = Field("cosine", description="learning-rate schedule")
+    warmup_epochs: float = Field(0.5, ge=0, description="linear warm-up, in epochs")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing, 0 or more and less than 1")
+    grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm; empty = no clipping")
+    batch_size: int = Field(32, ge=1, description="training batch size")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA: none, bf16 or fp16")
     translate: int = Field(0, ge=0, description="random translation augmentation in pixels")
     flip: bool = Field(False, description="random horizontal flips of same-size arrays (off: digits are not "
                        "mirror-symmetric); photos always get a random-resized crop and a flip")
     resolution: int | None = Field(None, ge=8, description="image side the models read; default: the model's own "
                                    "(photos; cnn: 64 px) or as stored (same-size arrays such as digits)")
-    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    device: str = Field("auto", json_schema_extra={"pattern": r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"},
+                        description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     num_workers: int = Field(1, ge=1, description="loader worker threads per task")
-    eval_batch_size: int = Field(512, ge=1)
+    eval_batch_size: int = Field(512, ge=1, description="batch size of the predictions")
     report: bool = Field(True, description="write metrics, ER tables and the report after predicting")
+
+    @field_validator("train_fractions", "widths", "seeds")
+    @classmethod
+    def _at_least_one(cls, value: tuple) -> tuple:
+        # Not min_length: with a bad item pydantic would also report the tuple as empty.
+        if not value:
+            raise ValueError("give at least one value")
+        return value
 
     @field_validator("train_fractions")
     @classmethod
@@ -61,12 +86,20 @@ class BaselineConfig(BaseModel):
             raise ValueError(f"train fractions must lie in (0, 1], got {bad}")
         return value
 
-    @field_validator("widths")
+    @field_validator("dataset")
     @classmethod
-    def _widths_positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(w <= 0 for w in value):
-            raise ValueError(f"widths must be positive, got {list(value)}")
-        return value
+    def _dataset_name(cls, value: str) -> str:
+        return check_dataset(value)
+
+    @field_validator("shift")
+    @classmethod
+    def _shift_name(cls, value: str) -> str:
+        return check_shift(value)
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        return check_model(value)
 
     @field_validator("device")
     @classmethod
@@ -113,15 +146,17 @@ class BaselineConfig(BaseModel):
 
 
 @flow(name="synthetic-shift-baseline", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
-      flow_run_name="baseline {config.dataset} {config.shift}")
+      flow_run_name=run_name(baseline_name))
 def synthetic_shift_baseline(config: BaselineConfig) -> str:
     """Train from-scratch models on the reference distribution, predict every kept checkpoint on the reference
     validation split and every shifted split, then tabulate metrics and the accuracy-on-the-line ER report.
 
-    Returns the experiment folder (``STORE/<experiment>``).  Re-running recomputes nothing that exists; a killed
-    run resumes from the last epoch checkpoints.
+    Returns the experiment folder (``STORE/EXPERIMENT``, absolute).  Re-running recomputes nothing that exists; a
+    killed run resumes from the last epoch checkpoints.  The run the user opened gets a progress bar (one step per
+    training run) and the result note ``KEY-result`` (``tasks.reporting``: the key rule).
     """
     from lib.specs import get_spec
+    from tasks.reporting import ProgressBar, experiment_key
 
     spec = get_spec(config.shift, dataset=config.dataset, root=config.root)
     store = str(Store(config.store).root)
@@ -141,10 +176,14 @@ def synthetic_shift_baseline(config: BaselineConfig) -> str:
 
     splits = ["source_val", *spec.target_splits()]
     runs = config.runs(spec.baseline_epochs_factor)
-    predictions = []
+    headline = baseline_name({"config": config})
+    progress = ProgressBar(f"{experiment_key(name, store)}-baseline-progress", f"{headline}: training runs, then "
+                           "predictions and the report", total=len(runs) + 1 + int(config.report))
+    predictions, trainings = [], []
     for run in runs:
         trained = train_one_model.submit(store, name, run, cache_dir, device=config.device,
                                          num_workers=config.num_workers)
+        trainings.append(trained)
         # Model ids follow from the run config, so predictions queue behind their training task.
         model_ids = [run.model_id(epoch) for epoch in run.train.kept_epochs()]
         for split in splits:
@@ -153,16 +192,32 @@ def synthetic_shift_baseline(config: BaselineConfig) -> str:
                 device=config.device, batch_size=config.eval_batch_size, num_workers=config.num_workers,
                 amp=config.amp, wait_for=[trained],
             ))
-    wait(predictions)
-    for future in predictions:
-        future.result()  # re-raises the first failure (training or prediction) with its traceback
+    failed = []
+    for finished in as_completed(trainings):  # the progress bar moves as training runs finish
+        ok = finished.state.is_completed()
+        failed += [] if ok else [finished]
+        progress.advance(what="a training run" + ("" if ok else " (failed)"))
+    del trainings
+    # A failed training's own error, not its predictions' "UnfinishedRun: Run is in PENDING state".
+    results([*failed, *predictions])
+    progress.advance(what="predictions")
     n_models = sum(len(run.train.kept_epochs()) for run in runs)
-    print(f"{len(runs)} training runs, {n_models} baseline models predicted on {', '.join(splits)}")
+    line = f"{len(runs)} training runs, {n_models} baseline models predicted on {', '.join(splits)}"
+    print(line)
 
     if config.report:
-        from flows.report import report
+        from flows.report import publish_report_result, report
 
-        report(store, name)
+        result = report(store, name)
+        progress.advance(what="report")
+        publish_report_result(result, store, name, headline)
+    else:
+        from lib.report import note_markdown
+        from tasks.reporting import publish_result, store_words
+
+        publish_result(f"{experiment_key(name, store)}-result", note_markdown(headline, line + " (no report asked)", {
+            "experiment folder": exp.root, "models": exp.root / "models"}),
+            description=f"{headline}: result, experiment {name}, {store_words(store)}")
     return str(exp.root)
 
 

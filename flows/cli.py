@@ -74,6 +74,43 @@ def check_device(device: str | None, flag: str = "--device") -> None:
                        f"cuda:{torch.cuda.device_count() - 1} or {flag} cpu")
 
 
+def check_store(path: str | None, flag: str = "--store") -> None:
+    """The results folder is a folder this user can write to (created later if missing): a store that is a file or
+    read-only otherwise fails after the server started and the data were written."""
+    if not path:
+        return
+    import os
+    import tempfile
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise CliError(f"{flag} {path}: is a file, not a folder; pass a folder (it is created if missing)")
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CliError(f"{flag} {path}: {existing} is a file, so the folder cannot be created there")
+    try:  # os.access says yes to root on a read-only mount; a real probe does not
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".askshift-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CliError(f"{flag} {path}: cannot write in {existing} ({exc.strerror or exc}); choose a writable folder") from None
+
+
+def check_run(config, seeds_flag: str = "--seed") -> None:
+    """What every flow's config shares and no schema can check: seeds, the device, the store and cache folders."""
+    seeds = getattr(config, "seeds", None)
+    if seeds is None:
+        seeds = getattr(config, "seed", None)
+    if seeds is not None:
+        check_seeds(seeds, seeds_flag)
+    check_device(getattr(config, "device", None))
+    check_store(getattr(config, "store", None))
+    check_store(getattr(config, "cache_dir", None), "--cache-dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="askshift",
@@ -101,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from lib.registry import UnknownNameError
 
+    from flows.server import temporary_servers_stop_with_this_process
+
+    temporary_servers_stop_with_this_process()  # a SIGKILLed command must not leave its Prefect server running
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ artifacts).  Every training run is content-addressed, so a second run of the sam
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import shutil
 import threading
 import time
@@ -19,9 +20,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.naming import demo_name, run_name
 from lib.demo import (DEMO_EXPERIMENT, ER_TABLE, MIXED_SPLIT_NAME, MODELS_TABLE, DemoConfig, DemoShift, Progress,
                       format_duration)
 from lib.store import Store, atomic_write_json
+from tasks.reporting import ProgressBar, experiment_key, store_words
 
 STAGES = ("data", "pre-training", "shifts", "mixed shift and split", "report")
 MIXED_TARGET = "mixed"
@@ -33,15 +36,20 @@ def _say(text: str) -> None:
 
 
 @contextlib.contextmanager
-def ticker(progress: Progress, every: float = 20.0) -> Iterator[None]:
-    """Print the progress line every ``every`` seconds while the flows below run (they block this thread)."""
+def ticker(progress: Progress, every: float = 20.0, bar: Any = None) -> Iterator[None]:
+    """Print the progress line every ``every`` seconds while the flows below run (they block this thread); with
+    ``bar`` (a ``tasks.reporting.ProgressBar``) also move the UI's progress bar as training runs finish."""
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.wait(every):
-            _say(progress.line())
+            line = progress.line()
+            _say(line)
+            if bar is not None:
+                bar.set(15.0 + 75.0 * progress.done() / progress.planned, line)
 
-    thread = threading.Thread(target=loop, name="demo-progress", daemon=True)
+    # A copy of this context: the thread talks to the same Prefect API (settings live in context variables).
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(loop,), name="demo-progress", daemon=True)
     thread.start()
     try:
         yield
@@ -160,13 +168,14 @@ def split_config(config: DemoConfig, spec_path: str):
 # --- the flow --------------------------------------------------------------------------------------------------
 
 
-@flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=1),
-      flow_run_name="demo {config.dataset} seed {config.seed}")
+@flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=1), flow_run_name=run_name(demo_name))
 def demo(config: DemoConfig = DemoConfig()) -> str:
     """The paper's experiment in miniature: does pre-training help under this shift?  Returns the report path.
 
     Stages: data; pre-training (the local glyph stand-in, cached); per reference distribution the baseline
-    flow and the fine-tuning flow; the mixed shift with the split flow; the combined report.
+    flow and the fine-tuning flow; the mixed shift with the split flow; the combined report.  The run the user
+    opened gets a progress bar (stages, and training runs as they finish) and the result note ``demo-result``
+    (``demo-STOREHASH-result`` for a store other than askshift-store; ``tasks.reporting``: the key rule).
     """
     from flows.backends import on_caller_backend
     from flows.baseline import synthetic_shift_baseline
@@ -187,9 +196,11 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
     _say(f"[demo] {config.variant()} variant, seed {config.seed}: {len(config.active_shifts())} shifts in "
          f"{len(presets)} experiments{' + a mixed shift split by the split flow' if config.split else ''}; "
          f"about {config.planned_runs()} training runs; store {store}")
-    artifact = _progress_artifact(0.0)
+    stem = demo_key(str(store))
+    artifact = ProgressBar(f"{stem}-progress", f"askshift demo ({config.variant()}, seed {config.seed}), "
+                           f"{store_words(store)}", total=100)
 
-    with ticker(progress):
+    with ticker(progress, bar=artifact):
         progress.enter("data", "writing .beton files")
         for preset in presets:
             spec = get_spec(preset, dataset=config.dataset)
@@ -234,30 +245,64 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
 
         progress.enter("report", "ER per shift and group, both fit views, plots")
         result = write_demo_report(config, time.monotonic() - started, models)
-    publish_demo_artifacts(result)
+    publish_demo_artifacts(result, str(store))
     _update_progress(artifact, 100.0)
     _say(progress.line(f"finished in {format_duration(time.monotonic() - started)}"))
+    publish_demo_result(config, result, str(store), time.monotonic() - started)
     return result["report"]
 
 
-def _progress_artifact(value: float):
-    try:
-        from prefect.artifacts import create_progress_artifact
+def demo_key(store: str) -> str:
+    """``demo``, or ``demo-STOREHASH`` for a store other than the demo's default (tasks.reporting: the key rule)."""
+    from lib.demo import DemoConfig as _Config
 
-        return create_progress_artifact(value, key="demo-progress", description="askshift demo progress")
-    except Exception:  # noqa: BLE001 -- the progress bar in the UI is a nicety; the terminal has the lines
+    return experiment_key("demo", store, default_store=_Config.model_fields["store"].default)
+
+
+def _update_progress(bar: Any, value: float) -> None:
+    bar.set(value)
+
+
+def publish_demo_result(config: DemoConfig, result: dict[str, Any], store: str, seconds: float) -> None:
+    """The result note on the run the user opened: the verdict lines, a link to the report, absolute paths."""
+    from lib.report import note_markdown
+    from tasks.reporting import artifact_url, publish_result
+
+    stem = demo_key(store)
+    report_key = f"{stem}-report"
+    table = [line for line in (result.get("summary") or []) if line.strip()]
+    # summary_lines: a header, then one line per shift ending in its reading after two spaces.
+    readings = [line.rsplit("  ", 1)[-1].strip() for line in table[1:]]
+    helped = sum(r.startswith("helped") for r in readings)
+    line = (f"pre-training helped on {helped} of {len(readings)} shifts" if readings else "finished") \
+        + f" ({format_duration(seconds)})"
+    headline = demo_name({"config": config})
+    items = {f"report (artifact [{report_key}]({artifact_url(report_key)}))": Path(result["report"]),
+             f"ER table (artifact {stem}-er, Parquet)": Path(result["er_table"]), "store": Path(store)}
+    markdown = note_markdown(headline, line, items) + ("\n```\n" + "\n".join(table) + "\n```\n" if table else "")
+    link = artifact_url(report_key, _report_on_result_run(report_key, result, store))
+    publish_result(f"{stem}-result", markdown, description=f"{headline}: result, {store_words(store)}",
+                   link=link, link_text="the demo's report")
+
+
+def _report_on_result_run(key: str, result: dict[str, Any], store: str):
+    """The demo report on the run the user opened when that is not the demo's own run (a deployment run); its id."""
+    from prefect.artifacts import MarkdownArtifact
+    from prefect.context import FlowRunContext
+
+    from lib.report import inline_images
+    from tasks.reporting import result_run_id
+
+    target = result_run_id()
+    if target is None or target == str(FlowRunContext.get().flow_run.id):
         return None
-
-
-def _update_progress(artifact_id, value: float) -> None:
-    if artifact_id is None:
-        return
     try:
-        from prefect.artifacts import update_progress_artifact
-
-        update_progress_artifact(artifact_id, value)
-    except Exception:  # noqa: BLE001
-        pass
+        report = Path(result["report"])
+        return MarkdownArtifact(key=key, markdown=inline_images(report.read_text(), report.parent), flow_run_id=target,
+                                description=f"askshift demo report ({report}); {store_words(store)}").create(_sync=True).id
+    except Exception as exc:  # noqa: BLE001 -- the demo's own run has the report
+        print(f"could not copy the demo report to the run the user opened: {exc}")
+        return None
 
 
 # --- the combined report ------------------------------------------------------------------------------------------
@@ -271,15 +316,18 @@ def write_demo_report(config: DemoConfig, seconds: float, models: dict[str, list
 
 
 @task(name="publish demo artifacts", cache_policy=NO_CACHE)
-def publish_demo_artifacts(result: dict[str, Any]) -> None:
+def publish_demo_artifacts(result: dict[str, Any], store: str = "askshift-store") -> None:
     import polars as pl
 
     from tasks.reporting import publish_markdown, publish_table
 
-    publish_markdown.fn("demo-report", Path(result["report"]).read_text(), base_dir=str(Path(result["report"]).parent),
-                        description="askshift demo: effective robustness of fine-tuned pre-trained models per shift")
-    publish_table.fn("demo-er", pl.read_parquet(result["er_table"]),
-                     description="ER per (shift, group): full-range line and comparable baselines, fit diagnostics")
+    stem = demo_key(store)
+    publish_markdown.fn(f"{stem}-report", Path(result["report"]).read_text(), base_dir=str(Path(result["report"]).parent),
+                        description=f"askshift demo: effective robustness of fine-tuned pre-trained models per shift "
+                                    f"({result['report']}); {store_words(store)}")
+    publish_table.fn(f"{stem}-er", pl.read_parquet(result["er_table"]),
+                     description=f"ER per (shift, group): full-range line and comparable baselines, fit diagnostics "
+                                 f"({result['er_table']}); {store_words(store)}")
 
 
 __all__ = ["demo", "baseline_config", "finetune_config", "split_config", "build_mixed_shift", "STAGES"]

@@ -62,6 +62,24 @@ def _schedules(spec: DeploymentSpec) -> list[Any]:
     return out
 
 
+def absolute_stores(parameters: Any, base: str | Path | None = None) -> Any:
+    """``parameters`` with every relative ``store`` value made absolute against ``base`` (default: the working
+    directory), so the UI form shows, and runs use, one folder whatever directory a run starts in."""
+    base = Path(base or Path.cwd())
+    if isinstance(parameters, dict):
+        out = {}
+        for key, value in parameters.items():
+            if key == "store" and isinstance(value, str) and value.strip():
+                path = Path(value).expanduser()
+                out[key] = str(path if path.is_absolute() else (base / path).resolve())
+            else:
+                out[key] = absolute_stores(value, base)
+        return out
+    if isinstance(parameters, list):
+        return [absolute_stores(v, base) for v in parameters]
+    return parameters
+
+
 def load_flow(spec: DeploymentSpec):
     module_name, attribute = spec.module_and_attribute
     module = importlib.import_module(module_name)
@@ -75,7 +93,8 @@ def runner_deployments(path: str | Path = PREFECT_YAML, only: list[str] | None =
     """Runner deployments for every flow of prefect.yaml that imports; plus one line per flow that was skipped.
 
     Entrypoints become module paths (``flows.baseline.synthetic_shift_baseline``) so flow runs find their code
-    whatever the runner's working directory.
+    whatever the runner's working directory; relative ``store`` parameters become absolute against the working
+    directory of the process serving them (``absolute_stores``).
     """
     from prefect.deployments.runner import EntrypointType
 
@@ -89,7 +108,8 @@ def runner_deployments(path: str | Path = PREFECT_YAML, only: list[str] | None =
             skipped.append(f"{spec.name}: {spec.entrypoint} is not available ({type(exc).__name__}: {exc})")
             continue
         deployments.append(flow.to_deployment(
-            name=spec.name, description=spec.description, tags=list(spec.tags), parameters=spec.parameters or None,
+            name=spec.name, description=spec.description, tags=list(spec.tags),
+            parameters=absolute_stores(spec.parameters) or None,
             schedules=_schedules(spec) or None, entrypoint_type=EntrypointType.MODULE_PATH,
         ))
     return deployments, skipped

@@ -18,7 +18,19 @@ class Execution(BaseModel):
     the run at once with one line saying what to change.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # The same rules as ``_usable`` in the JSON schema, so the UI form refuses a wrong pair on Submit: slurm needs a
+    # profile, the other backends take none, dask_workers is for dask only.
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra={
+        "if": {"properties": {"backend": {"const": "slurm"}}, "required": ["backend"]},
+        "then": {"required": ["profile"],
+                 "properties": {"profile": {"type": "string", "pattern": r"\S"}, "dask_workers": {"type": "null"}}},
+        "else": {
+            "properties": {"profile": {"anyOf": [{"type": "null"}, {"type": "string", "pattern": r"^\s*$"}]}},
+            "if": {"properties": {"backend": {"const": "dask"}}, "required": ["backend"]},
+            "then": {},
+            "else": {"properties": {"dask_workers": {"type": "null"}}},
+        },
+    })
 
     backend: Literal["local", "dask", "slurm"] = Field(
         "local", description="where tasks run: local (in the flow run's process, one task at a time), dask (a Dask "

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 from prefect import flow
-from prefect.futures import wait
+from prefect.futures import as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -13,6 +13,9 @@ from lib.finetune import (
     MINIATURE, PRESETS, STRATEGIES, FinetuneHparams, FinetuneRun, RunOutcome, check_weights, default_recipe,
     default_strategy, plan_run, register_run, select_best_lr,
 )
+from flows.naming import ablation_name, finetune_name, run_name
+from lib.names import (DATASET_SCHEMA, MODEL_SCHEMA, SHIFT_SCHEMA, FinetunePreset, Strategy, check_dataset, check_model,
+                       check_shift)
 from lib.pretrain import PretrainConfig
 from lib.store import Store, safe_name
 from tasks.finetune import dfr_one, finetune_one, pretrain_checkpoint
@@ -25,35 +28,68 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dataset: str = Field("digits", description="dataset name (askshift datasets)")
-    shift: str = Field("out_of_support", description="shift preset (askshift shifts)")
+    dataset: str = Field("digits", json_schema_extra=DATASET_SCHEMA,
+                         description="dataset name (askshift datasets): digits, cifar10, imagefolder, npz, wilds:NAME, ...")
+    shift: str = Field("out_of_support", json_schema_extra=SHIFT_SCHEMA,
+                       description="shift preset (askshift shifts), e.g. out_of_support, tint_p=0.5, or a spec file")
     root: str | None = Field(None, description="dataset folder, for datasets that are not bundled")
-    store: str = Field("store", description="results store root; results land in STORE/EXPERIMENT/")
+    store: str = Field("store", description="results store root; results land in STORE/EXPERIMENT/. A relative path is "
+                                            "resolved when the run starts, against the working directory of the "
+                                            "process running it (askshift serve: where serve was started)")
     experiment: str | None = Field(None, description="experiment folder; default: the spec's name (the baseline's)")
     cache_dir: str | None = Field(None, description=".beton and pre-trained checkpoint cache; default STORE/_cache")
-    preset: str | None = Field(None, description="paper preset (openai_clip, augreg_in21k): sets models, strategies, recipe")
-    models: tuple[str, ...] = Field(("cnn:small",), description="pre-trained models (lib.models names)")
-    strategies: tuple[str, ...] = Field(("ft", "lp-ft"), description="fine-tuning strategies (askshift models)")
+    preset: FinetunePreset | None = Field(None, description="paper preset (openai_clip, augreg_in21k): sets models, "
+                                                           "strategies, recipe")
+    models: tuple[Annotated[str, Field(json_schema_extra=MODEL_SCHEMA)], ...] = Field(
+        ("cnn:small",), json_schema_extra={"minItems": 1},
+        description="pre-trained models (askshift models), e.g. cnn:small, timm:vit_base_patch16_224, clip:ViT-B-32")
+    strategies: tuple[Strategy, ...] = Field(("ft", "lp-ft"), json_schema_extra={"minItems": 1},
+                                             description="fine-tuning strategies (askshift models): ft, lp-ft, zs-ft, lp")
     same_arch_control: bool = Field(True, description="also train each architecture from scratch (group scratch-same-arch)")
-    pretrained: dict[str, str] = Field(default_factory=dict, description="model -> weights file (or 'hub'); cnn: models "
-                                       "without one use the cached local glyph checkpoint (askshift pretrain)")
-    model_options: dict[str, dict[str, float | int | str | bool]] = Field(default_factory=dict, description="model -> build options")
+    pretrained: dict[str, str] = Field(default_factory=dict, description="weights per model: model name, then a "
+                                       "weights file (or 'hub'); cnn: models without one use the cached local glyph "
+                                       "checkpoint (askshift pretrain)")
+    model_options: dict[str, dict[str, float | int | str | bool]] = Field(
+        default_factory=dict, description="build options per model: model name, then option names and values")
     hparams: FinetuneHparams | None = Field(None, description="recipe; default: the preset's, the miniature for cnn: models, else the paper's")
-    seed: int = Field(0, description="seed of the sweep; copies use seed, seed+1, ...")
+    seed: int = Field(0, ge=0, description="seed of the sweep, 0 or more; copies use seed, seed+1, ...")
     pretrain: PretrainConfig | None = Field(None, description="settings of the local glyph checkpoint (default PretrainConfig)")
     baseline: dict[str, Any] = Field(default_factory=dict, description="BaselineConfig overrides if the baseline must be trained first")
     dfr_split: str | None = Field(None, description="also refit each copy's last layer by DFR on this split (needs group labels)")
     resolution: int | None = Field(None, ge=8, description="image side the models read; default: each model's own "
                                    "(timm pretrained_cfg, open_clip preprocess); same-size arrays stay as stored")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
-    num_workers: int = Field(1, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
-    report: bool = True
+    device: str = Field("auto", json_schema_extra={"pattern": r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"},
+                        description="auto, cpu, cuda, cuda:N")
+    num_workers: int = Field(1, ge=1, description="loader worker threads per task")
+    eval_batch_size: int = Field(512, ge=1, description="batch size of the predictions")
+    report: bool = Field(True, description="write metrics, ER tables and the report after predicting")
 
-    @field_validator("strategies", "models")
+    @field_validator("strategies", "models", mode="before")
     @classmethod
-    def _not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(v.strip() for v in value if v.strip())
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            value = tuple(v.strip() if isinstance(v, str) else v for v in value)
+            value = tuple(v for v in value if v != "")
+            if not value:
+                raise ValueError("give at least one value")
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_name(cls, value: str) -> str:
+        return check_dataset(value)
+
+    @field_validator("shift")
+    @classmethod
+    def _shift_name(cls, value: str) -> str:
+        return check_shift(value)
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            check_model(name)
+        return value
 
     def resolved(self) -> "FinetuneConfig":
         """Preset and default recipe applied; the preset's model replaces the default model."""
@@ -95,7 +131,7 @@ def pretrain_path(config: FinetuneConfig, model: str) -> Path:
 
 
 @flow(name="pretrained-finetune", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
-      flow_run_name="finetune {config.dataset} {config.shift}")
+      flow_run_name=run_name(finetune_name))
 def pretrained_finetune(config: FinetuneConfig) -> dict:
     """Fine-tune pre-trained models on the reference distribution and measure their effective robustness.
 
@@ -103,9 +139,12 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
     2. sweep the learning rates, one task per (model, strategy, lr) -- LP-FT's probe stage is shared;
     3. pick each (model, strategy)'s LR by reference-validation accuracy and train ``copies`` seeds at it;
     4. predict every copy on every split; 5. report ER with copies aggregated, per group.
+
+    The run the user opened gets a progress bar (one step per training run) and the result note ``KEY-result``.
     """
     from lib.loaders import split_info
     from lib.specs import get_spec
+    from tasks.reporting import ProgressBar, experiment_key
 
     config = check_config(config)
     hp = config.hparams
@@ -144,6 +183,12 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
                 run = plan(model, strategy, lr, config.seed)
                 sweep[(model, strategy, lr)] = (run, run_future(run))
     print(f"sweep: {len(sweep)} runs ({len(config.models)} models x {len(strategies)} strategies x LR grid)")
+    headline = finetune_name({"config": config})
+    n_copies = len(config.models) * len(strategies) * (hp.copies - 1)
+    progress = ProgressBar(f"{experiment_key(name, store)}-finetune-progress", f"{headline}: LR sweep, copies, "
+                           "predictions and the report", total=len(sweep) + n_copies + 1 + int(config.report))
+    for finished in as_completed([future for _, future in sweep.values()]):
+        progress.advance(what="a sweep run" + ("" if finished.state.is_completed() else " (failed)"))
 
     # 3. Selection and copies.
     selected: dict[tuple[str, str], float] = {}
@@ -161,13 +206,29 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
                 run = plan(model, strategy, best, config.seed + k)
                 copies.append((model, strategy, run, run_future(run)))
 
+    copy_futures = [future for *_, future in copies if all(future is not f for _, f in sweep.values())]
+    for finished in as_completed(copy_futures):
+        progress.advance(what="a copy" + ("" if finished.state.is_completed() else " (failed)"))
     model_ids = register_and_predict(config, store, name, cache_dir, spec, copies)
+    progress.advance(what="predictions")
     print(f"{len(model_ids)} fine-tuned models registered in {exp.root}")
 
     summary = []
     if config.report:
-        summary = er_report(store, name)
+        from flows.report import publish_report_result, report
+
+        result = report(store, name)
+        progress.advance(what="report")
+        summary = result.summary.to_dicts() if result.summary.height else []
         print(format_er_table(summary))
+        publish_report_result(result, store, name, headline)
+    else:
+        from lib.report import note_markdown
+        from tasks.reporting import publish_result, store_words
+
+        publish_result(f"{experiment_key(name, store)}-result", note_markdown(
+            headline, f"{len(model_ids)} fine-tuned models registered (no report asked)",
+            {"experiment folder": exp.root}), description=f"{headline}: result, experiment {name}, {store_words(store)}")
     return {
         "experiment": str(exp.root),
         "selected": [{"model": m, "strategy": s, "lr": lr} for (m, s), lr in selected.items()],
@@ -333,12 +394,17 @@ class AblationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="the base experiment (its selection is reused)")
-    model: str | None = Field(None, description="model to ablate; default: the first of finetune.models")
-    strategy: str | None = Field(None, description="strategy to ablate; default: zs-ft for clip: models, else ft")
-    epochs: tuple[int, ...] | None = Field(None, description="default: 1/4, 1/2, 2x the recipe's epochs; () leaves epochs out")
-    lrs: tuple[float, ...] | None = Field(None, description="default: the recipe's LR grid")
-    batch_sizes: tuple[int, ...] | None = Field(None, description="default: 1/4, 1/2, 2x the recipe's batch size")
-    weight_decays: tuple[float, ...] | None = Field(None, description="default: 0, 0.01, 0.1, 0.3")
+    model: str | None = Field(None, json_schema_extra=MODEL_SCHEMA,
+                              description="model to ablate; default: the first of finetune.models")
+    strategy: Strategy | None = Field(None, description="strategy to ablate; default: zs-ft for clip: models, else ft")
+    epochs: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(
+        None, description="epochs to try; default: 1/4, 1/2, 2x the recipe's epochs; an empty list leaves epochs out")
+    lrs: tuple[Annotated[float, Field(gt=0)], ...] | None = Field(None, description="learning rates to try; default: "
+                                                                                   "the recipe's LR grid")
+    batch_sizes: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(
+        None, description="batch sizes to try; default: 1/4, 1/2, 2x the recipe's batch size")
+    weight_decays: tuple[Annotated[float, Field(ge=0)], ...] | None = Field(
+        None, description="weight decays to try; default: 0, 0.01, 0.1, 0.3")
     copies: int | None = Field(None, ge=1, description="seeds per value; default: the recipe's copies")
 
     def grids(self, hp: FinetuneHparams) -> dict[str, tuple]:
@@ -353,7 +419,7 @@ class AblationConfig(BaseModel):
 
 
 @flow(name="hparam-ablation", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
-      flow_run_name="hparam ablation {config.finetune.dataset} {config.finetune.shift}")
+      flow_run_name=run_name(ablation_name))
 def hparam_ablation(config: AblationConfig) -> dict:
     """Run (or reuse) the fine-tuning experiment for one (model, strategy), then retrain it with one
     hyper-parameter changed at a time (epochs, lr, batch size, weight decay), ``copies`` seeds per value,
@@ -400,6 +466,14 @@ def hparam_ablation(config: AblationConfig) -> dict:
     exp = Store(store).experiment(name)
     exp.write_table("hparam_ablation", table, config=config)
     print(format_ablation(table))
+    from lib.report import note_markdown
+    from tasks.reporting import experiment_key, publish_result, store_words
+
+    headline = ablation_name({"config": config})
+    publish_result(f"{experiment_key(name, store)}-ablation-result", note_markdown(
+        headline, f"{table.height} (shift, hyper-parameter, value) rows of ER for {group}",
+        {"table (Parquet)": exp.table_path("hparam_ablation"), "report": exp.report_path}),
+        description=f"{headline}: result, experiment {name}, {store_words(store)}")
     return {"experiment": str(exp.root), "table": str(exp.table_path("hparam_ablation"))}
 
 

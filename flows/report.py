@@ -1,12 +1,24 @@
 """Flow ``report``: metrics from stored predictions -> effective robustness -> tables, plots, report.md, artifacts."""
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
-from lib.report import ReportResult, build_report
+from flows.naming import report_name, run_name
+from lib.report import ReportResult, build_report, er_display_table, result_markdown, summary_display_table
 from lib.store import Store
-from tasks.reporting import artifact_key, publish_markdown, publish_table
+from tasks.reporting import (artifact_url, experiment_key, publish_markdown, publish_result, publish_table,
+                             result_run_id, store_words)
+
+# Closed choices (dropdowns in the UI form) and limits (refused on Submit); the names come from lib.er / lib.metrics.
+Scale = Literal["probit", "logit"]
+Metric = Literal["accuracy", "balanced_accuracy", "worst_group_accuracy", "macro_f1", "auroc"]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Resamples = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0)]
 
 
 @task(name="build ER report", cache_policy=NO_CACHE, task_run_name="ER report of {experiment}")
@@ -20,47 +32,122 @@ def build_report_task(store: str, experiment: str, fit_range: tuple[float, float
                         bootstrap=bootstrap, binomial=binomial, bootstrap_examples=bootstrap_examples, seed=seed)
 
 
-@flow(name="report", log_prints=True)
+def publish_report(result: ReportResult, store: str, experiment: str) -> dict[str, str]:
+    """The report (markdown, plots inlined) and short rounded ER tables as artifacts; returns what -> key."""
+    stem, where = experiment_key(experiment, store), f"experiment {experiment}, {store_words(store)}"
+    keys = {"report": f"{stem}-report"}
+    if result.summary.height:
+        keys["er_summary"] = publish_table(
+            f"{stem}-er-summary", summary_display_table(result.summary),
+            description=f"ER per group in %, rounded (every column: {result.summary_path}); {where}")
+        keys["er"] = publish_table(
+            f"{stem}-er", er_display_table(result.er_table),
+            description=f"ER per model against all baselines in %, rounded (every column and fit diagnostics: "
+                        f"{result.er_path}); {where}")
+    keys["report"] = publish_markdown(keys["report"], result.markdown, base_dir=str(result.report_path.parent),
+                                      description=f"Effective robustness report ({result.report_path}); {where}")
+    return keys
+
+
+def publish_report_result(result: ReportResult, store: str, experiment: str, headline: str) -> None:
+    """The result note (one line, a link, absolute paths) on the run the user opened (tasks.reporting.publish_result),
+    and the report itself there too when another run made it: one click from that run's Artifacts tab to the plots.
+    Nothing when another askshift flow called this one (that flow publishes its own note)."""
+    target = result_run_id()
+    if target is None:
+        return
+    stem = experiment_key(experiment, store)
+    report_id = None
+    if "report" in result.artifacts:
+        report_id = (copy_report_to(target, result, store, experiment) if target != result.report_run
+                     else _latest_artifact_id(result.artifacts["report"]))
+    url = artifact_url(result.artifacts["report"], report_id) if "report" in result.artifacts else None
+    markdown = result_markdown(headline, result, url, store, list(result.artifacts.values()))
+    publish_result(f"{stem}-result", markdown, description=f"{headline}: result, experiment {experiment}, "
+                   f"{store_words(store)}", link=url, link_text=f"report of {experiment}")
+
+
+def _latest_artifact_id(key: str):
+    from prefect.artifacts import Artifact
+
+    try:
+        found = Artifact.get(key, _sync=True)
+        return found.id if found is not None else None
+    except Exception:  # noqa: BLE001 -- the link then names the key's page
+        return None
+
+
+def copy_report_to(flow_run_id: str, result: ReportResult, store: str, experiment: str):
+    """The report artifact (same key, plots inline) on another flow run; its id, None when it could not be made."""
+    from prefect.artifacts import MarkdownArtifact
+
+    from lib.report import inline_images
+
+    try:
+        return MarkdownArtifact(key=result.artifacts["report"], flow_run_id=flow_run_id,
+                                markdown=inline_images(result.markdown, result.report_path.parent),
+                                description=f"Effective robustness report ({result.report_path}); experiment "
+                                            f"{experiment}, {store_words(store)}").create(_sync=True).id
+    except Exception as exc:  # noqa: BLE001 -- the report's own run and the store still have it
+        print(f"could not copy the report artifact to the run the user opened: {exc}")
+        return None
+
+
+@flow(name="report", log_prints=True, flow_run_name=run_name(report_name))
 def report(
     store: str,
     experiment: str,
-    fit_range: tuple[float, float] | None = None,
-    scale: str = "probit",
-    metric: str = "accuracy",
+    fit_range: tuple[Fraction, Fraction] | None = None,
+    scale: Scale = "probit",
+    metric: Metric = "accuracy",
     baseline_group: str = "baseline",
-    bootstrap: int = 0,
+    bootstrap: Resamples = 0,
     binomial: bool = False,
     publish: bool = True,
-    bootstrap_examples: int = 0,
-    seed: int = 0,
+    bootstrap_examples: Resamples = 0,
+    seed: Seed = 0,
 ) -> ReportResult:
     """Effective-robustness report of one experiment folder of the store.
 
     Builds ``tables/metrics.parquet`` from stored predictions (when missing or stale), computes ER of every
-    shifted split ``<target>_val`` against ``source_val`` (also on in/out-of-support parts when the split
+    shifted split ``TARGET_val`` against ``source_val`` (also on in/out-of-support parts when the split
     flow wrote them), writes ``tables/er.parquet``, ``tables/er_summary.parquet``, ``plots/*.png`` and
-    ``report.md``, and publishes artifacts ``<experiment>-er`` and ``<experiment>-er-summary`` (tables) and ``<experiment>-report`` (markdown
-    with the plots inlined).  ``fit_range=(lo, hi)`` fixes the comparable-baseline window (default: each
-    judged group's own reference-accuracy range +- 0.05).  ``bootstrap_examples=N`` adds percentile intervals
-    from N resamples of the stored predictions' examples (jointly for all models) and of the baselines
-    (columns ``er_lower_example_bootstrap``/``er_upper_example_bootstrap``, seeded by ``seed``).
+    ``report.md``, and publishes artifacts ``KEY-report`` (markdown with the plots inlined), ``KEY-er`` and
+    ``KEY-er-summary`` (short rounded tables; the Parquet files keep every column) and the result note
+    ``KEY-result`` on the run the user opened, where KEY is the experiment's slug (``tasks.reporting``: the key
+    rule).  ``bootstrap_examples=N`` adds percentile intervals from N resamples of the stored predictions'
+    examples (jointly for all models) and of the baselines (columns ``er_lower_example_bootstrap`` and
+    ``er_upper_example_bootstrap``, seeded by ``seed``).
+
+    Args:
+        store: results store root (an absolute path; a relative one is read from the runner's working directory)
+        experiment: experiment folder inside the store, e.g. digits-tint_p=0.5 (what the baseline flow prints)
+        fit_range: comparable-baseline window of reference accuracy, two fractions LO, HI (CLI --fit-range LO:HI);
+            empty: each judged group's own reference-accuracy range plus or minus 0.05
+        scale: axis transform of the line, probit (default) or logit (CLI --scale)
+        metric: metric on both axes (CLI --metric)
+        baseline_group: group of models the line is fitted on, with 3 or more models (CLI --baseline-group)
+        bootstrap: bootstrap band from this many resampled line fits; 0 = the t band (CLI --bootstrap)
+        binomial: per-model intervals also carry each model's own test-set noise (CLI --binomial)
+        publish: publish the report, the short ER tables and the result note as Prefect artifacts
+        bootstrap_examples: percentile intervals from this many resamples of the test examples and baselines;
+            0 = off; accuracy only (CLI --bootstrap-examples)
+        seed: seed of the bootstraps, 0 or more (CLI --seed)
     """
+    store = str(Store(store).root)  # absolute from here on: keys, descriptions and paths name one folder
     # Submitted, not called: the task runner (--backend, a deployment's `execution`) decides where it runs.
     result = build_report_task.submit(store, experiment, tuple(fit_range) if fit_range else None, scale, metric,
                                       baseline_group, bootstrap, binomial, bootstrap_examples, seed).result()
     if publish:
-        key = artifact_key(experiment)
-        if result.summary.height:
-            publish_table(f"{key}-er-summary", result.summary,
-                          description=f"Effective robustness per group and fit view, experiment {experiment}")
-            publish_table(f"{key}-er", result.er_table,
-                          description=f"Effective robustness per model with fit diagnostics, experiment {experiment}")
-        publish_markdown(f"{key}-report", result.markdown, base_dir=str(result.report_path.parent),
-                         description=f"Effective robustness report, experiment {experiment}")
+        from prefect.context import FlowRunContext
+
+        result.artifacts = publish_report(result, store, experiment)
+        result.report_run = str(FlowRunContext.get().flow_run.id)
+        publish_report_result(result, store, experiment, f"report {experiment}")
     for where, line in result.readings.items():
         print(f"{where}: {line}")
     print(f"report: {result.report_path}")
     return result
 
 
-__all__ = ["report"]
+__all__ = ["Metric", "Scale", "publish_report", "publish_report_result", "report"]

@@ -1,7 +1,10 @@
-"""A Prefect server (API + UI) in a subprocess on host:port: started, health-checked, stopped by PID."""
+"""A Prefect server (API + UI) in a subprocess on host:port: started, health-checked, stopped by PID, and never
+outliving the process that started it."""
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import os
 import socket
 import subprocess
@@ -63,6 +66,91 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+# The watchdog: a tiny interpreter (stdlib only) that polls whether its parent is still the process that started
+# it.  Once that process is gone -- even by SIGKILL, where no atexit or finally runs -- it SIGTERMs the server
+# (SIGKILL after 10 s), and it exits by itself when the server stops first.  It holds a pidfd of the server opened
+# by the parent before anyone could reap it, so a recycled pid is never signalled.
+_WATCHDOG = """
+import os, select, signal, sys
+parent, server = int(sys.argv[1]), int(sys.argv[2])
+while os.getppid() == parent:
+    if select.select([server], [], [], 0.5)[0]:
+        sys.exit(0)
+try:
+    signal.pidfd_send_signal(server, signal.SIGTERM)
+    if not select.select([server], [], [], 10)[0]:
+        signal.pidfd_send_signal(server, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
+
+
+def stop_with_this_process(process: subprocess.Popen) -> subprocess.Popen | None:
+    """Start a watchdog that stops ``process`` when this process dies, however it dies; None where Linux pidfds are
+    unavailable.  Unlike PR_SET_PDEATHSIG it follows the process, not the thread that started the child (Prefect
+    starts its temporary server from whichever thread first needs a client)."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        return None
+    try:
+        # Its own session: a Ctrl-C for the command must not kill the watchdog before the command stops the server.
+        return subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), str(pidfd)],
+                                pass_fds=[pidfd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        os.close(pidfd)
+
+
+def _watch_temporary_servers(module) -> None:
+    """Patch Prefect's ``SubprocessASGIServer`` (the temporary server of a run without PREFECT_API_URL) so every
+    server process it starts gets a watchdog."""
+    cls = getattr(module, "SubprocessASGIServer", None)
+    start = getattr(cls, "_run_uvicorn_command", None)
+    if start is None or getattr(start, "_askshift_watched", False):
+        return
+
+    def run_watched(self):
+        process = start(self)
+        process._askshift_watchdog = stop_with_this_process(process)  # kept so it is reaped with the server
+        return process
+
+    run_watched._askshift_watched = True
+    cls._run_uvicorn_command = run_watched
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls ``then(module)`` right after ``name`` is first imported, without importing it now."""
+
+    def __init__(self, name: str, then) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            execute = spec.loader.exec_module
+
+            def exec_module(module):
+                execute(module)
+                self.then(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+def temporary_servers_stop_with_this_process() -> None:
+    """From now on, every temporary Prefect server this process starts is stopped when this process dies (even by
+    SIGKILL).  Cheap: Prefect's server module (seconds to import) is patched when something first imports it."""
+    name = "prefect.server.api.server"
+    if name in sys.modules:
+        _watch_temporary_servers(sys.modules[name])
+    elif not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, _watch_temporary_servers))
 
 
 @dataclass

@@ -9,15 +9,15 @@ accepts ``sub_split="in_support" | "out_of_support"``; then ER per part for ever
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.futures import wait
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from flows.naming import run_name, split_name
 from lib.domain_classifier import DomainSetup, load_domain_data, parity_spec, position_images
 from lib.specs import ExperimentSpec
 from lib.store import ExperimentStore, Store, atomic_write_text
@@ -39,18 +39,23 @@ class SplitConfig(BaseModel):
     classifier: DomainClassifierConfig = Field(
         None, description="domain classifier (default: cnn:small on CPU, CLIP ViT-L/14 LAION-2B LP-FT on CUDA)")
     folds: int = Field(DEFAULT_FOLDS, ge=2, description="cross-fitting folds (GroupKFold when the shifted set has groups)")
-    epsilons: tuple[float, ...] = Field(EPSILONS, description="ε values whose split sizes are tabulated")
-    epsilon: float = Field(DEFAULT_EPSILON, description="ε of the stored split (0.2: paper; 0.1: released notebook)")
-    store: str = Field("store", description="results store root")
+    epsilons: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = Field(
+        EPSILONS, json_schema_extra={"minItems": 1}, description="ε values whose split sizes are tabulated, each "
+                                                                "more than 0 and less than 1")
+    epsilon: float = Field(DEFAULT_EPSILON, gt=0, lt=1, description="ε of the stored split, more than 0 and less "
+                                                                   "than 1 (0.2: paper; 0.1: released notebook)")
+    store: str = Field("store", description="results store root; a relative path is resolved when the run starts, "
+                                            "against the working directory of the process running it")
     experiment: str | None = Field(None, description="experiment folder (default: the spec's name)")
     cache_dir: str | None = Field(None, description=".beton cache (default STORE/_cache)")
-    device: str = Field("cpu", description="device of the domain classifier: cpu, cuda, cuda:1, ...")
+    device: str = Field("cpu", json_schema_extra={"pattern": r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"},
+                        description="device of the domain classifier: cpu, cuda, cuda:1, ...")
     num_workers: int = Field(1, ge=1, description="FFCV decoding threads per task")
     baseline_group: str = Field("baseline", description="group whose models define the ER line")
     examples_per_row: int = Field(8, ge=0, le=32, description="images per row of the example grid")
     bootstrap_examples: int = Field(0, ge=0, description="per-part ER: also an example-level bootstrap with this many "
                                     "resamples (examples of every split jointly, and baseline models); 0 = off")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seed of the folds, the classifier and the example grid; 0 or more")
 
     @model_validator(mode="before")
     @classmethod
@@ -91,22 +96,43 @@ class SplitConfig(BaseModel):
                            seed=self.seed)
 
 
-def _artifact_key(text: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:60] or "split"
-
-
-def _publish(key: str, markdown: str, base: Path, sizes) -> None:
+def _publish(key: str, markdown: str, base: Path, sizes, where: str) -> None:
     """Markdown (with images inlined) and the ε table as Prefect artifacts; never fails the flow."""
     try:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
         from lib.report import inline_images
 
-        create_markdown_artifact(key=key, markdown=inline_images(markdown, base), description="support split")
+        create_markdown_artifact(key=key, markdown=inline_images(markdown, base), description=f"support split, {where}")
         rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in sizes.to_dicts()]
-        create_table_artifact(key=f"{key}-sizes", table=rows, description="split sizes per epsilon")
+        create_table_artifact(key=f"{key}-sizes", table=rows, description=f"split sizes per epsilon, {where}")
     except Exception as exc:  # noqa: BLE001 -- artifacts are a view; the store holds the results
         get_run_logger().warning(f"could not publish artifacts for {key}: {exc}")
+
+
+def support_key(experiment: str, store: str, target: str) -> str:
+    """``EXPERIMENT[-STOREHASH]-support-TARGET`` (tasks.reporting: the key rule)."""
+    from tasks.reporting import artifact_key, experiment_key
+
+    return artifact_key(f"{experiment_key(experiment, store)}-support-{target}")
+
+
+def publish_split_result(headline: str, exp: ExperimentStore, store: str, results: dict[str, dict[str, Any]]) -> None:
+    """The result note of a split run: per target the sizes of both parts and the classifier's AUROC, with paths."""
+    from lib.report import note_markdown
+    from tasks.reporting import artifact_url, experiment_key, publish_result, store_words
+
+    parts = [f"{r['split']}: {r['in_support']} in-support, {r['out_of_support']} out-of-support (AUROC {r['auroc']:.3f}"
+             + ("" if r.get("separated", True) else ", classifier did not separate the sets") + ")"
+             for r in results.values()]
+    items: dict[str, Any] = {}
+    for target, r in results.items():
+        key = support_key(exp.name, store, target)
+        items[f"{target}: section (artifact [{key}]({artifact_url(key)}))"] = Path(r["section"])
+        items[f"{target}: membership table"] = Path(r["subsplit"])
+    items["experiment folder"] = exp.root
+    publish_result(f"{experiment_key(exp.name, store)}-split-result", note_markdown(headline, "; ".join(parts), items),
+                   description=f"{headline}: result, experiment {exp.name}, {store_words(store)}")
 
 
 def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log: Callable[[str], None]) -> dict[str, Any]:
@@ -181,24 +207,39 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
                                          title=f"{split} at ε = {config.epsilon:g}")
     markdown = section_markdown(target, split, estimate, lr, tuning, er, plots, exp.root, config.classifier.model)
     section_path = atomic_write_text(exp.root / f"support_{target}.md", markdown)
-    _publish(_artifact_key(f"{exp.name}-support-{target}"), markdown, exp.root, sizes)
+    from tasks.reporting import store_words
+
+    _publish(support_key(exp.name, store, target), markdown, exp.root, sizes,
+             f"experiment {exp.name}, {store_words(store)}")
     chosen = sizes.filter(pl.col("epsilon") == config.epsilon).row(0, named=True)
     return {"split": split, "lr": lr, "auroc": estimate.auroc, "alpha": estimate.calibration.alpha,
             "separated": failure is None, "in_support": chosen["in_support"], "out_of_support": chosen["out_of_support"],
             "section": str(section_path), "subsplit": str(exp.subsplit_path(split))}
 
 
-@flow(name="split_shift", log_prints=True)
+@flow(name="split_shift", log_prints=True, flow_run_name=run_name(split_name))
 def split_shift(config: SplitConfig) -> dict[str, dict[str, Any]]:
-    """Split every chosen target of ``config.spec`` into in-support and out-of-support parts."""
+    """Split every chosen target of ``config.spec`` into in-support and out-of-support parts; the run the user
+    opened gets the result note ``KEY-split-result`` and a progress bar (one step per target)."""
+    from tasks.reporting import ProgressBar, experiment_key
+
     logger = get_run_logger()
-    exp = Store(config.store).experiment(config.experiment_name())
+    store = str(Store(config.store).root)
+    exp = Store(store).experiment(config.experiment_name())
     targets = config.target_names()
     # Every target's input is checked (classes, sizes, folds) before the first model trains.
     for target in targets:
         load_domain_data(config.setup(target))
     exp.write_config(config, name="split_config")
-    return {t: split_one_target(config, exp, t, logger.info) for t in targets}
+    headline = split_name({"config": config})
+    progress = ProgressBar(f"{experiment_key(exp.name, store)}-split-progress", f"{headline}: targets",
+                           total=len(targets))
+    results = {}
+    for t in targets:
+        results[t] = split_one_target(config, exp, t, logger.info)
+        progress.advance(what=t)
+    publish_split_result(headline, exp, store, results)
+    return results
 
 
 __all__ = ["SplitConfig", "split_shift", "split_one_target"]

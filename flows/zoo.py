@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import wait
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from flows.naming import run_name, zoo_name
 from flows.split import SplitConfig, split_one_target
 from lib.store import ExperimentStore, Store
 
@@ -37,7 +38,7 @@ class ZooConfig(BaseModel):
         None, ge=8, validation_alias=AliasChoices("resolution", "input_size"),
         description="image side the loader makes instead of each model's own (cheap CPU checks; None keeps the "
                     "published size); models with a fixed input size (ViTs) still resize to theirs")
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="prediction batch size")
     run_split: bool = Field(True, description="split the shifts (or reuse stored splits) and report ER per part")
 
     @property
@@ -74,7 +75,7 @@ def whole_split_er(exp: ExperimentStore, reference_split: str, shifted_split: st
     return table.select("sub_split", *[c for c in table.columns if c != "sub_split"]), None
 
 
-@flow(name="zoo_evaluate", log_prints=True)
+@flow(name="zoo_evaluate", log_prints=True, flow_run_name=run_name(zoo_name))
 def zoo_evaluate(config: ZooConfig) -> dict[str, Any]:
     """Predict every zoo model on the reference and shifted splits (one task per (model, split)), then the
     split flow's in/out-of-support parts and ER per part (baseline = the from-scratch models)."""
@@ -126,7 +127,27 @@ def zoo_evaluate(config: ZooConfig) -> dict[str, Any]:
             if table.height:
                 exp.write_table(f"zoo_er_{target}", table, config=resolved)
             out[target] = {"split": split, "er": table.to_dicts(), "messages": {"all": message} if message else {}}
+    publish_zoo_result(config, exp, store, groups, out)
     return out
+
+
+def publish_zoo_result(config: ZooConfig, exp: ExperimentStore, store: str, groups: dict[str, str],
+                       out: dict[str, Any]) -> None:
+    """The result note: ER per part and group for every shifted split, and where the tables are."""
+    from lib.report import note_markdown
+    from tasks.reporting import experiment_key, publish_result, store_words
+
+    headline = zoo_name({"config": config})
+    parts = []
+    for target, result in out.items():
+        cells = [f"{r['group']} {r.get('sub_split', 'all')} ER {100 * r['effective_robustness']:+.2f}%"
+                 for r in result.get("er", []) if r.get("group") != config.split.baseline_group
+                 and isinstance(r.get("effective_robustness"), float)]
+        parts.append(f"{result['split']}: " + (", ".join(cells) or "no ER"))
+    items = {"experiment folder": exp.root, "tables": exp.root / "tables"}
+    publish_result(f"{experiment_key(exp.name, store)}-zoo-result", note_markdown(
+        headline, f"{len(groups)} models; " + "; ".join(parts), items),
+        description=f"{headline}: result, experiment {exp.name}, {store_words(store)}")
 
 
 __all__ = ["ZooConfig", "whole_split_er", "zoo_evaluate"]

@@ -45,6 +45,7 @@ class ImageDataset:
     metadata: dict[str, np.ndarray] = field(default_factory=dict)
     class_mask: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-able facts kept in the .beton manifest
+    files: list[Path] | None = None  # the image files of a folder dataset, checked for decodability before compute
     default_write_mode: str = "jpg"
     default_max_resolution: int | None = 256
 
@@ -88,8 +89,11 @@ def to_rgb_array(image: Any) -> np.ndarray:
 def open_rgb(path: str | os.PathLike) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:  # the file's name, not only PIL's "image file is truncated"
+        raise OSError(f"cannot decode image {path}: {' '.join(str(exc).split())}") from exc
 
 
 # A dataset builder: (root, split, **options) -> ImageDataset
@@ -201,6 +205,40 @@ CIFAR_LAYOUT = (
 )
 
 
+# Everything a CIFAR-10 batch pickle refers to by name: numpy arrays (and scalars) and inert builtins.  Anything
+# else (os.system, builtins.eval, ...) would be code run by loading a file, so it is refused.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    *(("builtins", name) for name in ("bytearray", "bytes", "complex", "dict", "frozenset", "list", "set", "tuple")),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what CIFAR batches hold: dicts, lists, bytes, str, numbers, numpy arrays."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__builtin__":  # Python 2's name, which the base class maps to builtins
+            module = "builtins"
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR-10 batch needs "
+                                         "(refused, not run)")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy 2 moved it; skip the deprecation shim
+            module = "numpy._core." + module[len("numpy.core."):]
+        return super().find_class(module, name)
+
+
+def load_cifar_pickle(path: Path) -> Any:
+    """Unpickle one CIFAR-10 python batch file with the restricted unpickler; a file that is no such batch is a
+    DatasetLayoutError naming it."""
+    try:
+        with open(path, "rb") as fh:
+            return _CifarUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise DatasetLayoutError(f"dataset 'cifar10': {path} is not a CIFAR-10 python batch: {exc}") from exc
+
+
 @register_dataset(
     "cifar10",
     "CIFAR-10 from a local folder in the python-pickle layout (cifar-10-batches-py); val = test_batch",
@@ -220,12 +258,10 @@ def cifar10(root: str, split: str) -> ImageDataset:
         raise DatasetLayoutError(f"dataset 'cifar10': missing {', '.join(str(base / m) for m in missing)}. Expected: {CIFAR_LAYOUT}")
     data, labels = [], []
     for f in files:
-        with open(base / f, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
+        batch = load_cifar_pickle(base / f)
         data.append(np.asarray(batch[b"data"], dtype=np.uint8))
         labels.extend(batch[b"labels"])
-    with open(base / "batches.meta", "rb") as fh:
-        meta = pickle.load(fh, encoding="bytes")
+    meta = load_cifar_pickle(base / "batches.meta")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
     arrays = np.concatenate(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
     return ImageDataset(
@@ -272,6 +308,7 @@ def _folder_dataset(name: str, split: str, paths: list[Path], labels: np.ndarray
         load_image=lambda i: open_rgb(paths[i]),
         metadata={"path": np.asarray([str(p.relative_to(root)) for p in paths])},
         class_mask=class_mask,
+        files=list(paths),
     )
 
 

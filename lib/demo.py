@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Annotated, Callable, Literal, Sequence
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -35,9 +35,9 @@ class DemoShift(BaseModel):
     title: str = Field(description="heading in the report")
     preset: str = Field(description="lib.specs preset whose experiment holds this shift")
     target: str = Field(description="target of the preset (split TARGET_val)")
-    support: Literal["in", "out"]
+    support: Literal["in", "out"] = Field(description="in or out of the reference's support")
     extra: bool = Field(False, description="a labelled extra (left out of --quick and of the five-line summary)")
-    about: str = ""
+    about: str = Field("", description="what the shift does, in words (shown in the report)")
 
     @property
     def split(self) -> str:
@@ -72,34 +72,47 @@ class DemoConfig(BaseModel):
 
     seed: int = Field(0, ge=0, description="seeds baselines, fine-tuning copies, the mixture and the domain classifier")
     quick: bool = Field(False, description="the smoke variant (fewer models, no extra shift): about 2 minutes")
-    store: str = Field("askshift-store", description="results store root; the combined report lands in STORE/demo/")
-    dataset: Literal["digits"] = "digits"
-    device: str = Field("cpu", description="cpu (the demo's target), auto, cuda, cuda:N")
-    shifts: tuple[DemoShift, ...] = DEFAULT_SHIFTS
+    store: str = Field("askshift-store", description="results store root; the combined report lands in STORE/demo/. A "
+                                                     "relative path is resolved against the working directory of the "
+                                                     "process running the demo (askshift serve: where serve was started)")
+    dataset: Literal["digits"] = Field("digits", description="the demo's dataset (digits only)")
+    device: str = Field("cpu", json_schema_extra={"pattern": r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"},
+                        description="cpu (the demo's target), auto, cuda, cuda:N")
+    shifts: tuple[DemoShift, ...] = Field(DEFAULT_SHIFTS, description="the shifts studied, each a preset's target")
     include_extra: bool = Field(True, description="run the labelled extra shifts (tint_p=0.9)")
     # from-scratch baselines: epochs x training-set fractions x widths, every kept epoch a model
-    baseline_model: str = "cnn:small"
-    baseline_widths: tuple[float, ...] = (0.5, 1.0)
-    baseline_fractions: tuple[float, ...] = (1.0, 0.5, 0.25)
-    baseline_epochs: int = Field(6, ge=1)
-    baseline_keep_epochs: tuple[int, ...] = (2, 3, 4, 5, 6)
+    baseline_model: str = Field("cnn:small", json_schema_extra={"pattern": r"^cnn:\S+$"},
+                                description="architecture of the baselines and the pre-trained model (a cnn: name)")
+    baseline_widths: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (0.5, 1.0), json_schema_extra={"minItems": 1}, description="width multipliers of the baselines")
+    baseline_fractions: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(
+        (1.0, 0.5, 0.25), json_schema_extra={"minItems": 1},
+        description="fractions of the training set, each more than 0 and at most 1; one baseline family each")
+    baseline_epochs: int = Field(6, ge=1, description="training epochs of each baseline")
+    baseline_keep_epochs: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        (2, 3, 4, 5, 6), description="epochs kept as baseline models")
     # local pre-training (askshift pretrain's glyph corpus); cached in STORE/_cache/pretrained/
-    pretrain_steps: int = Field(600, ge=1)
-    pretrain_seed: int = Field(0, description="fixed, like a published checkpoint: every demo seed fine-tunes the same one")
+    pretrain_steps: int = Field(1500, ge=1, description="optimisation steps of the local glyph pre-training")
+    pretrain_seed: int = Field(0, ge=0, description="fixed, like a published checkpoint: every demo seed fine-tunes "
+                                                    "the same one")
     # fine-tuning of the pre-trained model
-    strategies: tuple[str, ...] = ("ft", "lp-ft")
+    strategies: tuple[Literal["ft", "lp-ft", "lp"], ...] = Field(
+        ("ft", "lp-ft"), json_schema_extra={"minItems": 1}, description="fine-tuning strategies: ft, lp-ft, lp")
     control: bool = Field(True, description="also train the same architecture from scratch with the FT recipe")
-    lr_grid: tuple[float, ...] = (1e-2, 3e-3, 1e-3)
-    copies: int = Field(3, ge=1)
-    finetune_epochs: int = Field(4, ge=1)
-    lp_epochs: int = Field(2, ge=1)
-    finetune_batch_size: int = Field(64, ge=1)
+    lr_grid: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (1e-2, 3e-3, 1e-3), json_schema_extra={"minItems": 1}, description="fine-tuning learning rates swept")
+    copies: int = Field(3, ge=1, description="seeds trained at the selected learning rate")
+    finetune_epochs: int = Field(4, ge=1, description="fine-tuning epochs")
+    lp_epochs: int = Field(2, ge=1, description="linear-probe epochs (LP, and LP-FT's first stage)")
+    finetune_batch_size: int = Field(64, ge=1, description="fine-tuning batch size")
     # the mixed natural-like shift and its split
     split: bool = Field(True, description="run the mixed shift and the split flow")
-    mixture_out_fraction: float = Field(0.5, gt=0, lt=1)
-    split_folds: int = Field(5, ge=2)
-    split_epochs: int = Field(4, ge=1)
-    split_lrs: tuple[float, ...] = (3e-3,)
+    mixture_out_fraction: float = Field(0.5, gt=0, lt=1, description="share of out-of-support examples in the "
+                                                                     "mixed shift, more than 0 and less than 1")
+    split_folds: int = Field(5, ge=2, description="cross-fitting folds of the split flow")
+    split_epochs: int = Field(4, ge=1, description="training epochs of the domain classifier")
+    split_lrs: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (3e-3,), json_schema_extra={"minItems": 1}, description="learning rates of the domain classifier")
 
     @field_validator("baseline_keep_epochs")
     @classmethod
@@ -177,7 +190,7 @@ QUICK_OVERRIDES: dict = dict(
     baseline_fractions=(1.0, 0.4, 0.15),
     baseline_epochs=3,
     baseline_keep_epochs=(1, 2, 3),
-    pretrain_steps=150,
+    pretrain_steps=300,
     lr_grid=(3e-3,),
     copies=2,
     finetune_epochs=2,

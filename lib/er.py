@@ -739,7 +739,8 @@ def effective_robustness(
         groups = sorted(set(df["group"].to_list()))
         raise ERInputError(
             f"group {baseline_group!r} has {n_base} model{'s' if n_base != 1 else ''}; need at least 3 baseline "
-            f"models to fit a line (groups present: {', '.join(groups)}; choose one with --baseline-group)"
+            f"models to fit a line (groups present: {', '.join(groups)}; choose one with --baseline-group, form field "
+            "baseline_group)"
         )
     ref = df["reference_accuracy"].to_numpy()
     shift = df["shifted_accuracy"].to_numpy()

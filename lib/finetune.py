@@ -56,20 +56,23 @@ class FinetuneHparams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    epochs: int = Field(8, ge=1)
-    warmup_epochs: float = Field(1.0, ge=0)
-    batch_size: int = Field(512, ge=1)
-    weight_decay: float = Field(0.1, ge=0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    schedule: Literal["cosine", "triangle", "constant", "step"] = "cosine"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    epochs: int = Field(8, ge=1, description="fine-tuning epochs")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up, in epochs")
+    batch_size: int = Field(512, ge=1, description="training batch size")
+    weight_decay: float = Field(0.1, ge=0, description="weight decay")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="optimiser")
+    schedule: Literal["cosine", "triangle", "constant", "step"] = Field("cosine", description="learning-rate schedule")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing, 0 or more and less than 1")
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (the paper clips at 1); None = off")
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    lr_grid: tuple[float, ...] = Field(PAPER_LR_GRID, min_length=1, description="learning rates swept; best by reference-validation accuracy")
-    copies: int = Field(4, description="seeds trained at the selected learning rate")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA: none, bf16 or fp16")
+    lr_grid: tuple[float, ...] = Field(PAPER_LR_GRID, min_length=1,
+                                       json_schema_extra={"items": {"type": "number", "exclusiveMinimum": 0}},
+                                       description="learning rates swept; best by reference-validation accuracy")
+    # Limits in the schema (the form refuses them on Submit); the validators word the CLI's errors.
+    copies: int = Field(4, json_schema_extra={"minimum": 1}, description="seeds trained at the selected learning rate")
     lp_epochs: int = Field(4, ge=1, description="linear-probe stage (LP, and LP-FT's first stage)")
-    lp_lr: float = Field(1e-3, gt=0)
-    lp_weight_decay: float = Field(0.0, ge=0)
+    lp_lr: float = Field(1e-3, gt=0, description="learning rate of the linear-probe stage")
+    lp_weight_decay: float = Field(0.0, ge=0, description="weight decay of the linear-probe stage")
     scratch_epochs: int | None = Field(None, ge=1, description="epochs of the same-architecture control; default: epochs")
 
     @field_validator("lr_grid")
@@ -373,8 +376,15 @@ def finetune_run(
 ) -> RunOutcome:
     """Train ``run`` (its ``init`` run first if that is not done), resumable; returns its reference-val accuracy.
 
-    Finished runs (a ``done`` marker) are not trained again; their stored outcome is returned.
+    Finished runs (a ``done`` marker) are not trained again; their stored outcome is returned. An identical run
+    training at the same time on this store is waited for and then reused (a file lock in its run folder).
     """
+    with exp.run_lock(run.run_id()):
+        return _finetune_run_locked(exp, run, cache_dir, device, num_workers, log, eval_batch_size)
+
+
+def _finetune_run_locked(exp: ExperimentStore, run: FinetuneRun, cache_dir: str | Path, device: str | torch.device,
+                         num_workers: int, log: Callable[[str], None], eval_batch_size: int) -> RunOutcome:
     from lib.loaders import split_info
     from lib.specs import get_spec
     from lib.training import epoch_loader_factory, resolve_device, seed_everything, train_model

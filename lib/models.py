@@ -291,6 +291,7 @@ def build_timm(
             raise FileNotFoundError(f"pre-trained weights {pretrained!r} for timm:{spec} do not exist")
         askshift_file = is_classifier_checkpoint(pretrained)
         if not askshift_file:  # a timm/hub weight file: timm adapts it (drops the classifier, resizes pos-embeds)
+            check_timm_file_fits(spec, str(pretrained), timm_kwargs)
             kwargs["pretrained"] = True
             kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained)}
     try:
@@ -314,6 +315,38 @@ def build_timm(
         load_backbone_weights(model, str(pretrained))
     model.family_info = {"family": "timm", "arch": arch, "pretrained": pretrained}
     return model
+
+
+def check_timm_file_fits(spec: str, path: str, timm_kwargs: dict | None = None) -> None:
+    """timm loads a weight file non-strictly (it only warns), so resnet34 weights would quietly half-fill a resnet18:
+    every backbone tensor must come from the file, and the file may hold nothing else but the classifier."""
+    import timm
+
+    state = read_state_dict(path)
+    with torch.device("meta"):  # names and shapes only: no memory, no initialisation
+        backbone = timm.create_model(spec, **{**(timm_kwargs or {}), "num_classes": 0})
+    classifier = (getattr(backbone, "pretrained_cfg", {}) or {}).get("classifier") or "fc"
+    names = [classifier] if isinstance(classifier, str) else list(classifier)
+    own = set(backbone.state_dict())
+    unexpected = sorted(k for k in state if k not in own and not any(k.startswith(n + ".") for n in names))
+    missing = sorted(k for k in own if k not in state)
+    if unexpected or missing:
+        raise ValueError(f"{path} does not hold timm:{spec} weights: {len(unexpected)} tensor(s) it has no place for "
+                         f"({', '.join(unexpected[:3]) or 'none'}), {len(missing)} it lacks ({', '.join(missing[:3]) or 'none'})")
+
+
+def check_pretrained_file(model: str, path: str) -> None:
+    """Weights named by --pretrained load into ``model``'s architecture: checked before any baseline trains,
+    so a garbage or mismatched file fails in one line instead of after the whole baseline."""
+    import pickle
+
+    try:
+        build_model(model, 2, pretrained=path)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError):
+            reason = "not a PyTorch weights file (or one that needs unsafe unpickling)"
+        raise ValueError(f"--pretrained {path}: cannot load it as {model} weights: {reason}") from None
 
 
 # --- clip: open_clip image encoder + linear head (zero-shot initialisable) ------------------------

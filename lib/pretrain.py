@@ -44,13 +44,19 @@ class PretrainConfig(BaseModel):
 
     model: str = Field("cnn:small", description="architecture to pre-train (a registered model name)")
     steps: int = Field(800, ge=1, description="optimisation steps (one fresh batch each)")
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    image_size: int = Field(32, ge=8)
-    seed: int = 0
+    batch_size: int = Field(128, ge=1, description="glyph images per step")
+    lr: float = Field(3e-3, gt=0, description="learning rate")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
+    image_size: int = Field(32, ge=8, description="side of the rendered glyph images in pixels")
+    seed: int = Field(0, ge=0, description="seed of the glyph corpus and the initialisation; 0 or more")
     max_fonts: int = Field(24, ge=1, description="at most this many fonts (sorted by path, so runs are reproducible)")
     val_batches: int = Field(8, ge=1, description="held-out batches (seeds never used for training) to report accuracy")
+    # What the corpus covers beyond upright glyphs. CLIP's data hold flipped, rotated and tinted images of every kind;
+    # the stand-in must too, or fine-tuning it cannot show the paper's mechanism on the out-of-support shifts.
+    flip_p: float = Field(0.25, ge=0, le=1, description="share of glyphs flipped upside down (and, apart, mirrored)")
+    quarter_turn_p: float = Field(0.2, ge=0, le=1, description="share of glyphs turned by 90, 180 or 270 degrees")
+    tint_p: float = Field(0.3, ge=0, le=1, description="share of images blended with a random colour (alpha 0.1-0.4)")
+    clutter_p: float = Field(0.3, ge=0, le=1, description="share of images with distractor strokes")
 
 
 # --- fonts and glyph masks ------------------------------------------------------------------------
@@ -110,6 +116,10 @@ class GlyphCorpus:
     masks: torch.Tensor  # (classes, fonts, G, G)
     image_size: int = 32
     seed: int = 0
+    flip_p: float = 0.0
+    quarter_turn_p: float = 0.0
+    tint_p: float = 0.0
+    clutter_p: float = 0.0
 
     @property
     def num_classes(self) -> int:
@@ -138,6 +148,8 @@ class GlyphCorpus:
         theta = torch.stack([torch.stack([cos, -sin + shear, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         grid = nn.functional.affine_grid(theta, (n, 1, self.image_size, self.image_size), align_corners=False)
         mask = nn.functional.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        mask = self._reorient(mask, u, g)
+        mask = torch.maximum(mask, self._clutter(n, u, g))
 
         fg, bg = self._colours(n, u, g), self._backgrounds(n, u, g)
         # Keep the glyph readable: where foreground and background luminance are too close, use the complement.
@@ -157,8 +169,35 @@ class GlyphCorpus:
             sel = res == r
             small = nn.functional.interpolate(img[sel], size=(r, r), mode="area")
             img[sel] = nn.functional.interpolate(small, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+        tinted = (u(n, 1, 1, 1) < self.tint_p).float()
+        alpha = tinted * (0.1 + 0.3 * u(n, 1, 1, 1))
+        img = img * (1 - alpha) + u(n, 3, 1, 1) * alpha
         img = img + 0.03 * u(n, 1, 1, 1) * torch.randn(img.shape, generator=g)
         return img.clamp_(0, 1), labels
+
+    def _reorient(self, mask: torch.Tensor, u: Callable, g: torch.Generator) -> torch.Tensor:
+        """Upside-down and mirrored glyphs, and quarter turns: orientations a photo corpus holds and digits do not."""
+        n = mask.shape[0]
+        vflip, hflip = u(n) < self.flip_p, u(n) < self.flip_p
+        mask = torch.where(vflip.view(n, 1, 1, 1), mask.flip(2), mask)
+        mask = torch.where(hflip.view(n, 1, 1, 1), mask.flip(3), mask)
+        turns = torch.where(u(n) < self.quarter_turn_p, torch.randint(1, 4, (n,), generator=g), torch.zeros(n, dtype=torch.long))
+        for k in (1, 2, 3):
+            sel = turns == k
+            if sel.any():
+                mask[sel] = torch.rot90(mask[sel], k, dims=(2, 3))
+        return mask
+
+    def _clutter(self, n: int, u: Callable, g: torch.Generator) -> torch.Tensor:
+        """Thin distractor strokes (a line at a random place and angle) drawn in the glyph's colour."""
+        s = self.image_size
+        yy = torch.linspace(-1, 1, s).view(1, 1, s, 1)
+        xx = torch.linspace(-1, 1, s).view(1, 1, 1, s)
+        angle = u(n, 1, 1, 1) * math.pi
+        offset = (u(n, 1, 1, 1) - 0.5) * 1.6
+        distance = (xx * torch.cos(angle) + yy * torch.sin(angle) - offset).abs()
+        line = (distance < 0.04 + 0.04 * u(n, 1, 1, 1)).float()
+        return line * (u(n, 1, 1, 1) < self.clutter_p).float()
 
     def _colours(self, n: int, u: Callable, g: torch.Generator) -> torch.Tensor:
         """Glyph colours: random RGB, a third of them grey; a quarter get a gradient across the glyph."""
@@ -202,7 +241,8 @@ class GlyphCorpus:
 
 def make_corpus(config: PretrainConfig) -> tuple[GlyphCorpus, list[str]]:
     fonts = find_fonts(config.max_fonts)
-    return GlyphCorpus(render_glyphs(CHARACTERS, fonts), config.image_size, config.seed), fonts
+    return GlyphCorpus(render_glyphs(CHARACTERS, fonts), config.image_size, config.seed, flip_p=config.flip_p,
+                       quarter_turn_p=config.quarter_turn_p, tint_p=config.tint_p, clutter_p=config.clutter_p), fonts
 
 
 # --- the pre-training run -----------------------------------------------------------------------------

@@ -299,10 +299,17 @@ class ReportResult:
     er_table: pl.DataFrame
     summary: pl.DataFrame
     sections: list[ShiftSection]
+    artifacts: dict[str, str] = field(default_factory=dict)  # what -> key, filled by the report flow
+    report_run: str | None = None  # the flow run holding those artifacts
 
     @property
     def readings(self) -> dict[str, str]:
         return {f"{s.shift}/{s.sub_split}": s.reading for s in self.sections}
+
+    @property
+    def tables(self) -> dict[str, Path]:
+        """The Parquet tables behind every artifact, with what each holds."""
+        return {"per model, every column": self.er_path, "per group": self.summary_path, "all metrics": self.metrics_path}
 
 
 def _newest_input(exp: ExperimentStore) -> float:
@@ -416,6 +423,12 @@ def build_report(
     reference = metrics.filter((pl.col("split") == reference_split) & (pl.col("sub_split") == "all"))
     if reference.height == 0:
         raise ERInputError(f"no predictions on the reference split {reference_split!r} in experiment {exp.name!r}")
+    groups = sorted(set(reference["group"].to_list()))
+    if baseline_group not in groups:
+        raise ERInputError(
+            f"experiment {exp.name!r} has no models in group {baseline_group!r} (groups: {', '.join(groups)}); choose "
+            f"the group the line is fitted on with --baseline-group (form field baseline_group). Nothing was written: "
+            f"the tables of the last report ({exp.table_path('er').parent}) are kept")
     shifts = sorted(s for s in metrics["split"].unique().to_list() if s != reference_split and s.endswith("_val"))
     sections: list[ShiftSection] = []
     er_frames, summary_frames = [], []
@@ -440,6 +453,10 @@ def build_report(
             sections.append(section)
             er_frames.append(er_rows(comparison, shift, sub))
             summary_frames.append(comparison.summary().with_columns(pl.lit(shift).alias("shift"), pl.lit(sub).alias("sub_split")))
+    if sections and not er_frames:
+        # Every shift failed (too few baselines, ...): an empty table must not replace the last report's.
+        raise ERInputError(f"no effective robustness for experiment {exp.name!r}: {sections[0].error}. Nothing was "
+                           f"written: the tables of the last report ({exp.table_path('er').parent}) are kept")
     er_table = pl.concat(er_frames, how="vertical_relaxed") if er_frames else pl.DataFrame()
     summary = pl.concat(summary_frames, how="vertical_relaxed") if summary_frames else pl.DataFrame()
     config = {"reference_split": reference_split, "fit_range": fit_range, "scale": scale, "metric": metric,
@@ -454,16 +471,17 @@ def build_report(
         f"models plus the spread between them, t quantiles for few models); a model's is the line's band"
         + (" and its own test-set noise" if binomial else "") + ". Each judged group is also compared with the "
         f"baselines whose reference accuracy is near its own (± {margin:g}). Numbers that rest on an extrapolated, "
-        f"weak (r < 0.9) or inverse line say so."
+        f"weak (r < 0.9) or inverse line say so. Choose the line's group with --baseline-group (form field "
+        f"baseline_group) and a fixed comparable window with --fit-range LO:HI (form field fit_range)."
         + (f" Example bootstrap: {bootstrap_examples} resamples of the test examples and the baselines." if bootstrap_examples else ""),
         "",
         *[f"- **{s.shift}** ({SUB_SPLIT_TITLES.get(s.sub_split, s.sub_split)}): {s.reading}" for s in sections],
     ]
     if not sections:
         intro.append(f"No shifted split (`<target>_val`) has predictions yet; splits present: {', '.join(sorted(metrics['split'].unique()))}.")
-    footer = ["", f"Tables: `{exp.table_path('er').relative_to(exp.root)}` (per model), "
-                  f"`{exp.table_path('er_summary').relative_to(exp.root)}` (per group), "
-                  f"`{exp.table_path('metrics').relative_to(exp.root)}` (all metrics)."]
+    footer = ["", f"Tables (Parquet, every column): `{exp.table_path('er').resolve()}` (per model), "
+                  f"`{exp.table_path('er_summary').resolve()}` (per group), "
+                  f"`{exp.table_path('metrics').resolve()}` (all metrics). This report: `{exp.report_path.resolve()}`."]
     markdown = document(title or f"Effective robustness report: {exp.name}", intro, sections, footer)
     atomic_write_text(exp.report_path, markdown)
     return ReportResult(
@@ -481,8 +499,126 @@ def build_report(
     )
 
 
+# --- short views for the Prefect UI (the Parquet tables keep every column) ------------------------------
+
+
+def _pct_round(x: float | None) -> float | None:
+    return None if x is None or x != x else round(100 * float(x), 2)
+
+
+def _interval_pct(lo: float | None, hi: float | None) -> str:
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return "n/a"
+    return f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+
+def _flags(row: dict, extra: Sequence[str] = ()) -> str:
+    flags = [f for f in extra if f]
+    if row.get("caution"):
+        flags.append(str(row["caution"]))
+    else:
+        flags += [label for col, label in (("extrapolated", "extrapolated"), ("weak_line", "weak line"),
+                                           ("inverse_line", "inverse line")) if row.get(col)]
+    return "; ".join(flags)
+
+
+def er_display_table(er_table: pl.DataFrame) -> pl.DataFrame:
+    """Per model, against all baselines: shift, (part), model, group, reference and shifted accuracy, ER and its
+    95% interval, all in % rounded to 0.01, and flags; judged groups first, highest ER first."""
+    if er_table.height == 0:
+        return pl.DataFrame()
+    full = er_table.filter(pl.col("view") == "full") if "view" in er_table.columns else er_table
+    with_parts = "sub_split" in full.columns and set(full["sub_split"].to_list()) != {"all"}
+    order = {"all": 0, "in_support": 1, "out_of_support": 2}
+    # Per shift and part (whole split first), judged groups above the baselines, highest ER first.
+    def rank(r: dict) -> tuple:
+        er = r["effective_robustness"]
+        return r["shift"], order.get(r["sub_split"], 3), bool(r.get("in_fit")), -er if er is not None and er == er else 1e9
+
+    ranked = sorted(full.to_dicts(), key=rank)
+    rows = []
+    for r in ranked:
+        row = {"shift": r["shift"]}
+        if with_parts:
+            row["part"] = SUB_SPLIT_TITLES.get(r["sub_split"], r["sub_split"])
+        row.update({
+            "model": r["model"], "group": r["group"],
+            "reference acc. %": _pct_round(r["reference_accuracy"]), "shifted acc. %": _pct_round(r["shifted_accuracy"]),
+            "ER %": _pct_round(r["effective_robustness"]), "ER 95% interval %": _interval_pct(r["er_lower"], r["er_upper"]),
+            "flags": _flags(r, ["fits the line"] if r.get("in_fit") else []),
+        })
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def summary_display_table(summary: pl.DataFrame) -> pl.DataFrame:
+    """Per (shift, part, view, group): models, mean ER and the group interval in % rounded to 0.01, verdict, flags."""
+    if summary.height == 0:
+        return pl.DataFrame()
+    with_parts = "sub_split" in summary.columns and set(summary["sub_split"].to_list()) != {"all"}
+    views = {"full": "all baselines", "comparable": "comparable baselines"}
+    rows = []
+    for r in summary.to_dicts():
+        row = {"shift": r.get("shift")}
+        if with_parts:
+            row["part"] = SUB_SPLIT_TITLES.get(r["sub_split"], r["sub_split"])
+        row.update({
+            "group": r["group"], "line from": views.get(r["view"], r["view"]), "models": r["n_models"],
+            "ER %": _pct_round(r["effective_robustness"]),
+            "ER 95% interval %": _interval_pct(r.get("er_lower_total", r["er_lower"]), r.get("er_upper_total", r["er_upper"])),
+            "verdict": r.get("verdict"), "flags": _flags(r, [r.get("window_note") or ""]),
+        })
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def result_line(result: "ReportResult") -> str:
+    """One line: each shift's reading (whole split), or for baseline-only experiments how well the line fits."""
+    parts = []
+    for s in result.sections:
+        if s.sub_split != "all":
+            continue
+        if s.comparison is None:
+            parts.append(f"{s.shift}: no ER ({s.error})")
+        elif s.comparison.judged_groups:
+            parts.append(f"{s.shift}: {s.reading}")
+        else:
+            fit = s.comparison.full.fit
+            parts.append(f"{s.shift}: {fit.n} baseline models, {fit.scale} line r = {fit.r:.3f} (reference "
+                         f"accuracy {fit.reference_min:.3f}-{fit.reference_max:.3f}); no other group to judge yet")
+    return " ".join(parts) if parts else "no shifted split has predictions yet"
+
+
+def note_markdown(headline: str, line: str, items: dict[str, str | Path] | None = None) -> str:
+    """A result note without a report: one line of result, then labelled absolute paths."""
+    lines = [f"**{headline}**: {line}", ""]
+    lines += [f"- {label}: `{Path(path).expanduser().resolve() if isinstance(path, Path) else path}`"
+              for label, path in (items or {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def result_markdown(headline: str, result: "ReportResult", report_link: str | None, store: str | Path,
+                    keys: Sequence[str] = ()) -> str:
+    """The note on the run the user opened: one line of result, then where the report and the tables are."""
+    lines = [f"**{headline}**: {result_line(result)}", ""]
+    report = f"`{Path(result.report_path).resolve()}`"
+    lines.append(f"- Report: [open the report]({report_link}) (plots inline), file {report}" if report_link
+                 else f"- Report: {report}")
+    lines.append("- Tables (Parquet): " + ", ".join(f"`{Path(path).resolve()}` ({what})" for what, path in result.tables.items()))
+    lines.append(f"- Store: `{Path(store).expanduser().resolve()}`, experiment folder `{Path(result.report_path).parent.resolve()}`")
+    if keys:
+        lines.append("- Artifacts (Artifacts page, by key): " + ", ".join(f"`{k}`" for k in keys)
+                     + ". Keys are slugs: lowercase letters, digits and '-' only.")
+    return "\n".join(lines) + "\n"
+
+
 __all__ = [
     "ReportResult",
+    "er_display_table",
+    "note_markdown",
+    "result_line",
+    "result_markdown",
+    "summary_display_table",
     "ShiftSection",
     "add_example_bootstrap",
     "build_report",

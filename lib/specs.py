@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lib.names import DATASET_SCHEMA
 from lib.registry import Registry, UnknownNameError
 
 SOURCE_SPLITS = ("source_train", "source_val")
@@ -28,7 +29,8 @@ class DistributionSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dataset: str = Field("digits", description="registered dataset name (askshift datasets), e.g. digits, cifar10, wilds:waterbirds")
+    dataset: str = Field("digits", json_schema_extra=DATASET_SCHEMA,
+                         description="registered dataset name (askshift datasets), e.g. digits, cifar10, wilds:waterbirds")
     root: str | None = Field(None, description="where the dataset lives on disk (not needed for digits)")
     split: str = Field("val", description="dataset split read for evaluation (source_val / TARGET_val)")
     train_split: str = Field("train", description="dataset split read for source_train (reference only)")
@@ -43,7 +45,7 @@ class DistributionSpec(BaseModel):
     dataset_options: dict[str, Any] = Field(default_factory=dict, description="options of the dataset builder (e.g. digits size)")
     write_mode: Literal["raw", "jpg", "smart"] | None = Field(None, description=".beton image storage; None = the dataset's default")
     max_resolution: int | None = Field(None, ge=1, description="longest image side stored in the .beton; None = the dataset's default")
-    jpeg_quality: int = Field(90, ge=1, le=100)
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of .beton images stored as jpg, 1 to 100")
 
     @field_validator("dataset")
     @classmethod
@@ -95,10 +97,13 @@ class ExperimentSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(description="experiment name (its folder in the store)")
-    description: str = ""
-    reference: DistributionSpec = Field(default_factory=DistributionSpec)
-    targets: dict[str, DistributionSpec] = Field(description="target name -> shifted distribution (split NAME_val)")
-    support: dict[str, Literal["in", "out"]] = Field(default_factory=dict, description="target name -> in/out of support")
+    description: str = Field("", description="what the shift is, in words (shown in reports)")
+    reference: DistributionSpec = Field(default_factory=DistributionSpec,
+                                        description="the reference distribution: splits source_train and source_val")
+    targets: dict[str, DistributionSpec] = Field(description="shifted distributions by target name (each becomes the "
+                                                             "split NAME_val)")
+    support: dict[str, Literal["in", "out"]] = Field(default_factory=dict, description="per target name: in or out "
+                                                                                         "of the reference's support")
     baseline_epochs_factor: float = Field(
         1.0, gt=0, description="baselines train this many times the usual epochs (2 for label_p, as in the paper)"
     )
@@ -244,18 +249,25 @@ def load_spec(path: str | os.PathLike) -> ExperimentSpec:
     return ExperimentSpec.model_validate(data)
 
 
-def check_spec_data(spec: ExperimentSpec) -> None:
-    """Open every split of ``spec`` as a dataset (file lists and layouts, no decoding): a wrong path, a missing
-    ``val/``, one class or an empty class folder raises its one-line error here, before any compute."""
+def check_spec_data(spec: ExperimentSpec, cache_dir: str | None = None) -> None:
+    """Open every split of ``spec`` as a dataset: a wrong path, a missing ``val/``, one class or an empty class
+    folder raises its one-line error here, before any compute; so do image files that cannot be decoded (named,
+    with their count). Files found decodable before are remembered in ``cache_dir``."""
     from lib.datasets import load_dataset
+    from lib.image_check import check_images_readable
 
-    seen = set()
+    seen, files, names = set(), [], []
     for split in spec.splits():
         dist, dataset_split = spec.distribution(split)
         key = (dist.dataset, dataset_split, dist.root)
         if key not in seen:
             seen.add(key)
-            load_dataset(dist.dataset, dataset_split, dist.root, **dist.dataset_options)
+            dataset = load_dataset(dist.dataset, dataset_split, dist.root, **dist.dataset_options)
+            if dataset.files:
+                files += dataset.files
+                names.append(f"{dist.dataset} {dataset_split}")
+    if files:  # every layout is checked first: a refused run writes nothing, not even the decodability record
+        check_images_readable(list(dict.fromkeys(files)), "dataset " + ", ".join(names), cache_dir)
 
 
 def get_spec(shift: str, dataset: str = "digits", root: str | None = None) -> ExperimentSpec:

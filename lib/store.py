@@ -6,7 +6,7 @@ Layout of a store root::
       <experiment>/
         config.json                      resolved experiment config
         runs/<run_id>/                   one trained model (content-addressed by its config)
-            config.json  checkpoints/  done
+            config.json  checkpoints/  done  .lock (held while the run trains)
         predictions/<model>/<split>.parquet   logits per (model, split)
         subsplits/<split>.parquet        in/out-of-support membership per example (split flow)
         tables/<name>.parquet            metrics, ER, ... (Polars reads them in one line)
@@ -22,11 +22,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import fcntl
+import glob
 import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -70,12 +74,81 @@ def content_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+# A temporary file whose writer cannot be asked (another host, or a name from before the pid was recorded) is
+# left alone this long: far longer than any write or checksum of one file takes.
+STALE_TMP_SECONDS = 24 * 3600
+
+
+# mkstemp's random part has no "~" or ".", nor has the host hash, so the last three "~" fields are unambiguous;
+# ".tmp.errors" and the like are the writer's own side files.
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)~(?P<host>[^~]*)~(?P<pid>\d+)~[^~.]+\.tmp(?:\..*)?")
+
+
+def _host() -> str:
+    """This host as temp names record it: a short hash of hostname and pid namespace (a container sharing the
+    hostname and the file system but not the pids is another host, judged by age), fixed-length so long host
+    names cannot push a temporary name over the file system's limit."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return hashlib.sha256(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:12]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _temp_writer(tmp: Path, target: str) -> tuple[str, int] | None:
+    """``(host, pid)`` recorded in a temporary name of ``target`` (``.NAME~HOST~PID~RANDOM.tmp``), else None."""
+    match = _TEMP_NAME.fullmatch(tmp.name)
+    if match is None or match["target"] != target:
+        return None
+    return match["host"], int(match["pid"])
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete temporary files of ``path`` left by killed writers; returns what was deleted.
+
+    A file is stale when its writer ran on this host and that pid is gone, or, when the writer cannot be checked
+    (another host sharing the file system, an old-style name), when it has not changed for ``STALE_TMP_SECONDS``.
+    A live writer's file is never touched: its pid answers, and it keeps its mtime fresh while it writes.
+    """
+    path = Path(path)
+    removed = []
+    host, now = _host(), time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}[.~]*.tmp*"):
+        writer = _temp_writer(tmp, path.name)
+        try:
+            if writer is not None and writer[0] == host:
+                stale = not _pid_alive(writer[1])
+            else:
+                stale = now - tmp.stat().st_mtime > STALE_TMP_SECONDS
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # another cleaner got there first
+            pass
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, on error delete it."""
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, on error delete it.
+
+    The temporary name records host and pid, so the next write of ``path`` can tell a killed writer's leftover
+    (removed) from a live writer's file (kept).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}~{_host()}~{os.getpid()}~", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600 files; give the final file the usual umask-derived mode so a store or
@@ -91,6 +164,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block; a second holder, in this process
+    or another, waits.  The kernel drops it when its process dies, so a killed holder never leaves it stuck."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -189,6 +276,11 @@ class ExperimentStore:
 
     def is_done(self, run_id: str) -> bool:
         return (self.run_dir(run_id) / "done").exists()
+
+    def run_lock(self, run_id: str):
+        """Held while a run decides whether to train and trains: an identical run started meanwhile (same store,
+        same config) waits, then finds it done and reuses it instead of training it twice."""
+        return file_lock(self.run_dir(run_id) / ".lock")
 
     def mark_done(self, run_id: str, info: Any = None) -> None:
         atomic_write_json(self.run_dir(run_id) / "done", info if info is not None else {})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -48,21 +48,21 @@ class DomainClassifierConfig(BaseModel):
                                    "'hub' (a clip: name with a tag, e.g. the GPU default, loads that tag)")
     linear_probe_epochs: int = Field(0, ge=0, description="epochs training only the head first (LP before FT)")
     linear_probe_warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up of the LP stage")
-    linear_probe_lr: float = Field(1e-3, gt=0)
+    linear_probe_lr: float = Field(1e-3, gt=0, description="learning rate of the linear-probe stage")
     lrs: tuple[float, ...] = Field(CPU_LR_GRID, min_length=1, description="grid searched by held-out AUROC")
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=1, description="training epochs per fold")
     min_steps: int = Field(100, ge=0, description="train at least this many steps per stage (more epochs on small sets: "
                            "a few hundred images give a handful of batches per epoch)")
-    warmup_epochs: int = Field(0, ge=0)
-    batch_size: int = Field(128, ge=2)
-    weight_decay: float = Field(5e-4, ge=0)
-    optimizer: str = "adamw"
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up, in epochs")
+    batch_size: int = Field(128, ge=2, description="training batch size")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="optimiser")
     reference_size: int | None = Field(100_000, ge=1, description="reference examples sampled (paper: 100k)")
     in_memory: bool | None = Field(None, description="hold the images in memory (None: when they are few)")
     resolution: int | None = Field(None, ge=8, description="image side the classifier reads; default: its model's own "
                                    "(photos) or the reference's stored size (same-size arrays)")
     flip: bool = Field(True, description="random horizontal flips in training (as the original)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seed of the classifier's initialisation and batches; 0 or more")
 
     @field_validator("lrs")
     @classmethod

@@ -459,8 +459,15 @@ def train_run(
 ) -> list[str]:
     """Train ``run`` into ``exp`` (resuming if it was interrupted) and register its kept checkpoints.
 
-    Returns the model ids.  A run already marked done is not trained again.
+    Returns the model ids.  A run already marked done is not trained again; an identical run training at the same
+    time (another task, process or node on this store) is waited for and then reused.
     """
+    with exp.run_lock(run.run_id()):
+        return _train_run_locked(exp, run, cache_dir, device, num_workers, log)
+
+
+def _train_run_locked(exp: ExperimentStore, run: RunConfig, cache_dir: str | Path, device: str | torch.device,
+                      num_workers: int, log: Callable[[str], None]) -> list[str]:
     from lib.loaders import split_info
     from lib.models import build_model
     from lib.specs import get_spec

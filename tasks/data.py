@@ -5,11 +5,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lib.specs import ExperimentSpec
+from tasks.retry import retry_if_transient
 
 
 # Caching is the .beton cache's own (files named by a hash of their inputs, checked before reuse),
 # so Prefect's result cache is off; a retry rewrites a half-written file.
 @task(name="write dataset split", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
+      retry_condition_fn=retry_if_transient,
       task_run_name="write {split} of {spec.name}")
 def write_split(spec: ExperimentSpec, split: str, cache_dir: str) -> dict:
     """Write (or reuse) the .beton behind ``split`` of ``spec``; returns its path and sizes."""

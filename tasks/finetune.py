@@ -8,9 +8,11 @@ from lib.cluster import GPU_TAG
 from lib.finetune import FinetuneRun
 from lib.pretrain import PretrainConfig
 from lib.store import Store
+from tasks.retry import retry_if_transient
 
 
-@task(name="pretrain on glyphs", retries=1, cache_policy=NO_CACHE, tags=[GPU_TAG], task_run_name="pretrain {config.model} on glyphs")
+@task(name="pretrain on glyphs", retries=1, cache_policy=NO_CACHE, tags=[GPU_TAG],
+      retry_condition_fn=retry_if_transient, task_run_name="pretrain {config.model} on glyphs")
 def pretrain_checkpoint(config: PretrainConfig, out: str, device: str = "cpu") -> str:
     """Build (or reuse, when ``out`` was made with the same config) the local stand-in pre-trained checkpoint."""
     from lib.pretrain import pretrain
@@ -28,6 +30,7 @@ def _cuda() -> bool:
 
 # Retries resume from the newest epoch checkpoint; caching is ours (run folder named by the config hash + `done`).
 @task(name="fine-tune one run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, tags=[GPU_TAG],
+      retry_condition_fn=retry_if_transient,
       task_run_name="{run.strategy} {run.model} lr={run.train.lr} seed={run.train.seed}")
 def finetune_one(
     store: str,
@@ -49,7 +52,8 @@ def finetune_one(
             "num_classes": outcome.num_classes, "lr": run.train.lr, "seed": run.train.seed}
 
 
-@task(name="DFR one model", retries=1, cache_policy=NO_CACHE, tags=[GPU_TAG], task_run_name="DFR {model_id} on {split}")
+@task(name="DFR one model", retries=1, cache_policy=NO_CACHE, tags=[GPU_TAG],
+      retry_condition_fn=retry_if_transient, task_run_name="DFR {model_id} on {split}")
 def dfr_one(
     store: str,
     experiment: str,

@@ -6,6 +6,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lib.cluster import GPU_TAG
 from lib.store import Store
+from tasks.retry import retry_if_transient
 
 
 def _run_name() -> str:
@@ -19,6 +20,7 @@ def _run_name() -> str:
 # One task per (training run, split) rather than per checkpoint: the checkpoints of a run share one FFCV
 # Loader, whose construction (pipeline compilation, seconds) dwarfs a pass over a small split.
 @task(name="predict checkpoints on one split", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE, tags=[GPU_TAG],
+      retry_condition_fn=retry_if_transient,
       task_run_name=_run_name)
 def predict_split(
     store: str,

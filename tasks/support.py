@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from lib.domain_classifier import DomainSetup, domain_images, fit_and_score, load_domain_data
 from lib.store import ExperimentStore, Store, atomic_write_parquet
 from lib.support import auroc, fold_plan, tuning_fold
+from tasks.retry import retry_if_transient
 
 
 def _scores_done(exp: ExperimentStore, run_id: str):
@@ -36,6 +37,7 @@ def _fit(exp: ExperimentStore, setup: DomainSetup, run_id: str, data, train, hel
 
 
 @task(name="domain classifier: one learning rate", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
+      retry_condition_fn=retry_if_transient,
       task_run_name="tune {setup.shifted_split}: lr={lr:g}")
 def fit_lr_point(store: str, experiment: str, setup: DomainSetup, lr: float, device: str = "cpu",
                  num_workers: int = 1) -> float:
@@ -43,17 +45,19 @@ def fit_lr_point(store: str, experiment: str, setup: DomainSetup, lr: float, dev
     logger = get_run_logger()
     exp = Store(store).experiment(experiment)
     run_id = setup.run_id("tune", lr=lr)
-    done = _scores_done(exp, run_id)
-    if done is None:
-        data = load_domain_data(setup)
-        fold = tuning_fold(data, setup.folds, setup.seed)
-        done = _fit(exp, setup, run_id, data, fold.train, fold.heldout, lr, device, num_workers, logger.info)
+    with exp.run_lock(run_id):  # an identical fit running elsewhere on this store is waited for, then reused
+        done = _scores_done(exp, run_id)
+        if done is None:
+            data = load_domain_data(setup)
+            fold = tuning_fold(data, setup.folds, setup.seed)
+            done = _fit(exp, setup, run_id, data, fold.train, fold.heldout, lr, device, num_workers, logger.info)
     value = auroc(done["domain"].to_numpy(), done["logit"].to_numpy())
     logger.info(f"lr={lr:g}: held-out AUROC {value:.3f}")
     return value
 
 
 @task(name="domain classifier: one fold", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
+      retry_condition_fn=retry_if_transient,
       task_run_name="fold {fold} of {setup.shifted_split}")
 def fit_fold(store: str, experiment: str, setup: DomainSetup, fold: int, lr: float, device: str = "cpu",
              num_workers: int = 1) -> tuple[list[int], list[float]]:
@@ -61,10 +65,11 @@ def fit_fold(store: str, experiment: str, setup: DomainSetup, fold: int, lr: flo
     logger = get_run_logger()
     exp = Store(store).experiment(experiment)
     run_id = setup.run_id("fold", fold=fold, lr=lr)
-    done = _scores_done(exp, run_id)
-    if done is None:
-        data = load_domain_data(setup)
-        plan = fold_plan(data, setup.folds, setup.seed)[fold]
-        done = _fit(exp, setup, run_id, data, plan.train, plan.heldout, lr, device, num_workers, logger.info)
+    with exp.run_lock(run_id):
+        done = _scores_done(exp, run_id)
+        if done is None:
+            data = load_domain_data(setup)
+            plan = fold_plan(data, setup.folds, setup.seed)[fold]
+            done = _fit(exp, setup, run_id, data, plan.train, plan.heldout, lr, device, num_workers, logger.info)
     logger.info(f"fold {fold}: scored {done.height} held-out examples")
     return done["position"].to_list(), done["logit"].to_list()

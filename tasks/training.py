@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 from lib.cluster import GPU_TAG
 from lib.store import Store
 from lib.training import RunConfig, train_run
+from tasks.retry import retry_if_transient
 
 
 def _run_name() -> str:
@@ -20,6 +21,7 @@ def _run_name() -> str:
 # Caching is ours (run folders named by the config hash, a `done` marker), not Prefect's.
 # The gpu tag makes a cluster with GPU workers give each training task one GPU slot.
 @task(name="train one model", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, tags=[GPU_TAG],
+      retry_condition_fn=retry_if_transient,
       task_run_name=_run_name)
 def train_one_model(
     store: str,

@@ -6,9 +6,11 @@ from prefect.cache_policies import NO_CACHE
 
 from lib.specs import ExperimentSpec
 from lib.store import Store
+from tasks.retry import retry_if_transient
 
 
 @task(name="predict one zoo model", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
+      retry_condition_fn=retry_if_transient,
       task_run_name="zoo {model} on {split}")
 def predict_zoo_model(store: str, experiment: str, model: str, split: str, spec: ExperimentSpec, cache_dir: str,
                       weights_dir: str | None = None, num_classes: int | None = None, device: str = "cpu",

@@ -95,3 +95,11 @@ def slurm_cluster():
     finally:
         if not was_up:
             subprocess.run([str(SLURM_SCRIPT), "down", directory], env=env, capture_output=True, timeout=120)
+
+
+def pytest_collection_modifyitems(config, items):
+    """With ``-n 2 --dist loadgroup`` (``make test``) a test file stays on one worker, so its module fixtures
+    (a trained store, a photo folder) are built once; every SLURM test shares one worker, as they share one cluster."""
+    slurm_files = {item.path for item in items if item.get_closest_marker("slurm")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("slurm" if item.path in slurm_files else item.path.name))

@@ -180,7 +180,7 @@ def test_train_task_retry_resumes_from_the_last_epoch_checkpoint(prefect_api, tm
         # The first attempt dies in epoch 2, after epoch 1's checkpoint was written.
         if self.split == "source_train" and self.loader.next_epoch == 1 and "failed" not in seen:
             seen["failed"] = first_checkpoint.stat().st_mtime_ns
-            raise RuntimeError("worker lost")
+            raise ConnectionResetError("worker lost")  # transient: the kind a retry can fix
         return original_iter(self)
 
     monkeypatch.setattr(lib.loaders.SplitLoader, "__iter__", failing_iter)

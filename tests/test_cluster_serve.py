@@ -109,7 +109,8 @@ def _run_report_deployment(served, parameters: dict, timeout: float) -> str:
 
 
 def _assert_report_subflow_published_artifacts(served, flow_run_id: str) -> None:
-    """The report flow's own run is a subflow of the deployment's run; its artifacts are found from there."""
+    """The report flow's own run is a subflow of the deployment's run and holds the tables and the report; the
+    deployment's run (the one the user opened) holds the result note, its link and a copy of the report."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -120,6 +121,9 @@ def _assert_report_subflow_published_artifacts(served, flow_run_id: str) -> None
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
             assert client.read_flow(subflow.flow_id).name == "report" and subflow.state.is_completed()
             artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[subflow.id])))
+            opened = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    keys = {a.key for a in opened}
+    assert any(k.endswith("-result") for k in keys) and any(k.endswith("-report") for k in keys), keys
     kinds = {a.type for a in artifacts}
     assert {"table", "markdown"} <= kinds, kinds
     markdown = next(a for a in artifacts if a.type == "markdown")

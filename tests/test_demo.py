@@ -95,10 +95,20 @@ def test_quick_demo_end_to_end_writes_report_tables_artifacts_and_ends_with_the_
     assert table.filter(pl.col("group") == "ft")["n_models"].to_list() == [2] * len(QUICK_SHIFTS)  # quick: 2 copies
     assert (store / "demo" / "tables" / "demo_models.parquet").exists()
 
-    artifacts = read_artifacts(["demo-report", "demo-er"])
-    assert artifacts["demo-report"].type == "markdown" and "data:image/png;base64," in artifacts["demo-report"].data
-    rows = json.loads(artifacts["demo-er"].data)
+    # Keys: demo-report, demo-er, demo-result; a store other than ./askshift-store adds its hash (demo-3f9a1c-...).
+    from flows.demo import demo_key
+
+    stem = demo_key(str(store))
+    assert stem != "demo" and stem.startswith("demo-")
+    artifacts = read_artifacts([f"{stem}-report", f"{stem}-er", f"{stem}-result", f"{stem}-progress"])
+    report_artifact = artifacts[f"{stem}-report"]
+    assert report_artifact.type == "markdown" and "data:image/png;base64," in report_artifact.data
+    rows = json.loads(artifacts[f"{stem}-er"].data)
     assert {(r["shift"], r["group"]) for r in rows} == {(s, g) for s in QUICK_SHIFTS for g in GROUPS}
+    # The run the user started (here the CLI's demo run) carries the result note and a full progress bar.
+    note = artifacts[f"{stem}-result"].data
+    assert note.startswith("**demo quick digits seed 3**: pre-training helped on ") and str(report) in note
+    assert float(artifacts[f"{stem}-progress"].data) == 100.0
 
 
 @pytest.mark.slow

@@ -21,23 +21,35 @@ def read_artifacts(keys: list[str]) -> dict:
 
 def test_report_flow_writes_the_report_and_publishes_table_and_markdown_artifacts(prefect_api, tmp_path):
     from flows.report import report
+    from tasks.reporting import experiment_key
 
-    make_experiment(tmp_path / "store" / "tint-p0-9", subsplit=False)
-    result = report(store=str(tmp_path / "store"), experiment="tint-p0-9", fit_range=(0.6, 0.95))
+    store = tmp_path / "store"
+    make_experiment(store / "tint-p0-9", subsplit=False)
+    result = report(store=str(store), experiment="tint-p0-9", fit_range=(0.6, 0.95))
     assert result.report_path.exists() and result.er_path.exists()
     assert result.summary.filter(result.summary["view"] == "comparable")["fit_range_lo"][0] == 0.6
 
-    artifacts = read_artifacts(["tint-p0-9-er", "tint-p0-9-er-summary", "tint-p0-9-report"])
-    assert set(artifacts) == {"tint-p0-9-er", "tint-p0-9-er-summary", "tint-p0-9-report"}
-    assert artifacts["tint-p0-9-er"].type == "table"
-    rows = json.loads(artifacts["tint-p0-9-er"].data)
+    # A store other than ./store: its hash follows the experiment's slug in every key.
+    stem = experiment_key("tint-p0-9", store)
+    assert stem.startswith("tint-p0-9-") and len(stem) == len("tint-p0-9-") + 6
+    keys = [f"{stem}-er", f"{stem}-er-summary", f"{stem}-report"]
+    artifacts = read_artifacts(keys)
+    assert set(artifacts) == set(keys) and result.artifacts == dict(zip(["er", "er_summary", "report"], keys))
+    assert artifacts[f"{stem}-er"].type == "table"
+    rows = json.loads(artifacts[f"{stem}-er"].data)
+    # Short and rounded: per model against all baselines; the Parquet table keeps every column.
+    assert list(rows[0]) == ["shift", "model", "group", "reference acc. %", "shifted acc. %", "ER %",
+                             "ER 95% interval %", "flags"]
     assert {r["model"] for r in rows} >= {"base0", "ft0"}
-    assert all(r["fit_range_lo"] is None for r in rows if r["view"] == "full")  # NaN published as None
-    summary = json.loads(artifacts["tint-p0-9-er-summary"].data)
+    assert all(round(r["ER %"], 2) == r["ER %"] for r in rows)
+    assert str(result.er_path) in artifacts[f"{stem}-er"].description and str(store) in artifacts[f"{stem}-er"].description
+    summary = json.loads(artifacts[f"{stem}-er-summary"].data)
     # the comparable view judges each non-baseline group against its own window; baselines are not judged
-    assert {(r["view"], r["group"]) for r in summary} == {("full", "baseline"), ("full", "ft"), ("comparable", "ft")}
-    assert all(r["er_lower"] == r["er_lower_total"] for r in summary)  # one interval per group, on every surface
-    markdown = artifacts["tint-p0-9-report"]
+    assert {(r["line from"], r["group"]) for r in summary} == {
+        ("all baselines", "baseline"), ("all baselines", "ft"), ("comparable baselines", "ft")}
+    assert all(r["ER 95% interval %"].startswith("[") for r in summary)
+    markdown = artifacts[f"{stem}-report"]
     assert markdown.type == "markdown"
     assert markdown.data.count("](data:image/png;base64,") == 2
     assert "Pre-training helped" in markdown.data
+    assert str(result.er_path) in markdown.data  # absolute paths, not tables/er.parquet

@@ -33,6 +33,7 @@ examples:
   askshift demo                          full demo (about 8 minutes on 2 CPU cores from a cold start, 1 when cached)
   askshift demo --quick --store /tmp/s   the smoke version (about 2 minutes; no extra shift, fewer models)
   askshift demo --seed 3                 another seed (same seed and store: same tables, nothing retrained)
+  askshift demo --seeds 0,1,2            three seeds, then the mean ER over seeds and how many agree (STORE/demo/seeds.md)
 """
 
 
@@ -44,46 +45,87 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the baselines, fine-tuning copies, mixture and split (default 0); the same seed "
                              "gives the same tables")
+    parser.add_argument("--seeds", metavar="S,S,...",
+                        help="run the demo once per seed (e.g. 0,1,2; each cached like a single seed) and end with a "
+                             "multi-seed summary: per shift and strategy the mean ER over seeds, its 95%% interval "
+                             "over seeds and how many seeds read as the paper does (STORE/demo/seeds.md, "
+                             "tables/demo_seeds.parquet)")
     parser.add_argument("--store", default="askshift-store", metavar="DIR",
                         help="results store (default ./askshift-store); the report lands in DIR/demo/report.md")
     parser.set_defaults(func=run)
 
 
+def _seeds(args: argparse.Namespace) -> tuple[int, ...]:
+    from lib.demo_seeds import parse_seeds
+
+    if args.seeds is None:
+        if args.seed < 0:
+            raise CliError(f"--seed must be a non-negative integer, got {args.seed}")
+        return (args.seed,)
+    if args.seed != 0:
+        raise CliError("give --seed N or --seeds S,S,..., not both")
+    try:
+        return parse_seeds(args.seeds)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.seed < 0:
-        raise CliError(f"--seed must be a non-negative integer, got {args.seed}")
+    seeds = _seeds(args)
+    from flows.cli import check_store
+
+    check_store(args.store)
     from lib.demo import DemoConfig
 
-    config = DemoConfig.make(quick=args.quick, seed=args.seed, store=args.store)
+    configs = [DemoConfig.make(quick=args.quick, seed=seed, store=args.store) for seed in seeds]
     try:
-        config.store_root().mkdir(parents=True, exist_ok=True)
+        configs[0].store_root().mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CliError(f"cannot create the store folder {args.store}: {exc.strerror}; pass a writable --store DIR") from None
 
+    import shutil
+
+    import polars as pl
     import torch
+
+    from flows.demo import demo
+    from lib.demo import DEMO_EXPERIMENT, ER_TABLE, summary_lines
+    from lib.store import Store
 
     # Tiny convolutions on 32x32 images gain little from many intra-op threads; two are what the target machine has.
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    from flows.demo import demo
-
-    report = demo(config)
-    from lib.demo import DEMO_EXPERIMENT, ER_TABLE
-    from lib.store import Store
-
-    exp = Store(config.store).experiment(DEMO_EXPERIMENT)
-    import polars as pl
-
-    from lib.demo import summary_lines
-
-    table = pl.read_parquet(exp.table_path(ER_TABLE))
+    exp = Store(configs[0].store).experiment(DEMO_EXPERIMENT)
+    tables, reports = {}, {}
+    for config in configs:
+        if len(configs) > 1:
+            print(f"[demo] seed {config.seed} ({len(tables) + 1} of {len(configs)})", flush=True)
+        report = demo(config)
+        tables[config.seed] = pl.read_parquet(exp.table_path(ER_TABLE))
+        reports[config.seed] = report
+        if len(configs) > 1:  # the next seed rewrites report.md; each seed's copy stays beside it (same plot links)
+            reports[config.seed] = str(shutil.copyfile(report, exp.root / f"report-seed{config.seed}.md"))
     from flows.backends import stop_temporary_prefect_server
 
     stop_temporary_prefect_server()
     print()
-    print("Summary: ER of fine-tuned pre-trained models (full-range line / comparable baselines):")
-    for line in summary_lines(table, config.active_shifts()):
-        print(line)
+    for seed, table in tables.items():
+        print(f"Summary{f' (seed {seed})' if len(tables) > 1 else ''}: ER of fine-tuned pre-trained models "
+              f"(full-range line / comparable baselines):")
+        for line in summary_lines(table, configs[0].active_shifts()):
+            print(line)
     print(f"ER table (one row per shift and group): {exp.table_path(ER_TABLE)}")
+    if len(configs) > 1:
+        from lib.demo_seeds import seeds_lines, seeds_table, write_seeds_report
+
+        combined = seeds_table(tables)
+        print()
+        for line in seeds_lines(combined):
+            print(line)
+        parquet, markdown = write_seeds_report(combined, reports, exp.root)
+        print(f"Multi-seed table: {parquet}")
+        print("Report:")
+        print(markdown, flush=True)
+        return 0
     print("Report:")
-    print(report, flush=True)
+    print(reports[configs[0].seed], flush=True)
     return 0

@@ -80,10 +80,9 @@ def build_config(args: argparse.Namespace):
         config = BaselineConfig.model_validate(data)
     except ValidationError as exc:
         raise fail(exc, "baseline") from None
-    from flows.cli import check_device, check_seeds
+    from flows.cli import check_run
 
-    check_seeds(config.seeds, "--seeds")
-    check_device(config.device)
+    check_run(config, "--seeds")
     _check_names(config)
     return config
 
@@ -109,7 +108,7 @@ def _check_names(config) -> None:
     from lib.specs import check_spec_data
 
     try:
-        check_spec_data(spec)
+        check_spec_data(spec, config.resolved_cache_dir())
     except (OSError, ValueError) as exc:  # DatasetLayoutError is an OSError
         raise fail(exc) from None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from flows.cli import CliError, fail
@@ -122,7 +123,8 @@ def build_config(args: argparse.Namespace):
         validate_finetune(models, strategies, hparams, preset=preset, class_names_needed=False)
         from lib.specs import check_spec_data
 
-        check_spec_data(get_spec(args.shift, dataset=args.dataset, root=args.root))
+        check_spec_data(get_spec(args.shift, dataset=args.dataset, root=args.root),
+                        args.cache_dir or str(Path(args.store).expanduser().resolve() / "_cache"))
     except (UnknownNameError, FinetuneInputError, PretrainedUnavailable, ValueError, OSError) as exc:
         raise fail(exc) from None
     data = {
@@ -134,10 +136,11 @@ def build_config(args: argparse.Namespace):
         "baseline": {"epochs": args.baseline_epochs} if args.baseline_epochs else {},
     }
     config = _validated(FinetuneConfig, data, "fine-tuning")
-    from pathlib import Path
-
+    from flows.cli import check_run
     from lib.finetune import check_weights
-    from lib.models import model_family
+    from lib.models import check_pretrained_file, model_family
+
+    check_run(config)
 
     for model in config.models:
         path = config.pretrained.get(model)
@@ -148,7 +151,9 @@ def build_config(args: argparse.Namespace):
             path = "hub"  # what the flow will ask for
         try:
             check_weights(model, path)
-        except (PretrainedUnavailable, FileNotFoundError) as exc:
+            if path is not None and path != "hub":
+                check_pretrained_file(model, path)  # garbage or another architecture: before any baseline trains
+        except (PretrainedUnavailable, FileNotFoundError, ValueError) as exc:
             raise CliError(str(exc)) from None
     return config
 

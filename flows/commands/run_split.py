@@ -120,6 +120,12 @@ def build_config(args: argparse.Namespace):
         if epsilon is not None:
             fields["epsilon"] = epsilon
         config = SplitConfig(**fields)
+        from flows.cli import check_run
+
+        check_run(config)
+        from lib.specs import check_spec_data
+
+        check_spec_data(config.spec, config.resolved_cache_dir())
         from lib.domain_classifier import domain_decoding
 
         for target in config.target_names():

@@ -53,6 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.shift not in SHIFTS:
         raise CliError(f"unknown shift {args.shift!r}; choose one of: {', '.join(SHIFTS)}")
+    if not args.margin >= 0:  # a negative margin inverts the comparable window and silently drops that view
+        raise CliError(f"--margin must be 0 or more (accuracy added on each side of the window), got {args.margin:g}")
+    if args.scale not in ("probit", "logit"):
+        raise CliError(f"--scale must be probit or logit, got {args.scale!r}")
+    from flows.cli import check_store
+
+    check_store(args.store)
     results = args.results
     if results is None:
         if not DEFAULT_RESULTS.is_dir():
