@@ -68,15 +68,13 @@ def baseline_config(config: DemoConfig, shift: str, experiment: str):
     return BaselineConfig(
         dataset=config.dataset, shift=shift, store=str(config.store_root()), experiment=experiment,
         cache_dir=str(config.cache_dir()), model=config.baseline_model, widths=config.baseline_widths,
-        train_fractions=config.baseline_fractions, seeds=(config.seed,), epochs=config.baseline_epochs,
+        train_fractions=config.baseline_fractions, seeds=config.baseline_seed_list(), epochs=config.baseline_epochs,
         keep_epochs=config.baseline_keep_epochs, device=config.device, report=False,
     )
 
 
 def pretrain_config(config: DemoConfig):
-    from lib.pretrain import PretrainConfig
-
-    return PretrainConfig(model=config.baseline_model, steps=config.pretrain_steps, seed=config.pretrain_seed)
+    return config.pretrain_config()
 
 
 def finetune_config(config: DemoConfig, shift: str, experiment: str, pretrained: str | None = None):

@@ -90,7 +90,9 @@ class DemoConfig(BaseModel):
         description="fractions of the training set, each more than 0 and at most 1; one baseline family each")
     baseline_epochs: int = Field(6, ge=1, description="training epochs of each baseline")
     baseline_keep_epochs: tuple[Annotated[int, Field(ge=1)], ...] = Field(
-        (2, 3, 4, 5, 6), description="epochs kept as baseline models")
+        (3, 4, 5, 6), description="epochs kept as baseline models: late ones, after the warm-up, as the paper keeps "
+                                  "epochs 51-85 of 100")
+    baseline_seeds: int = Field(2, ge=1, description="seeds per width and fraction (the demo seed, then seed + 1000, ...)")
     # local pre-training (askshift pretrain's glyph corpus); cached in STORE/_cache/pretrained/
     pretrain_steps: int = Field(1500, ge=1, description="optimisation steps of the local glyph pre-training")
     pretrain_seed: int = Field(0, ge=0, description="fixed, like a published checkpoint: every demo seed fine-tunes "
@@ -162,8 +164,17 @@ class DemoConfig(BaseModel):
     def cache_dir(self) -> Path:
         return self.store_root() / "_cache"
 
+    def pretrain_config(self):
+        """The glyph pre-training every seed fine-tunes (one checkpoint, like a published one)."""
+        from lib.pretrain import PretrainConfig
+
+        return PretrainConfig(model=self.baseline_model, steps=self.pretrain_steps, seed=self.pretrain_seed)
+
     def baseline_runs_per_experiment(self) -> int:
-        return len(self.baseline_widths) * len(self.baseline_fractions)
+        return len(self.baseline_widths) * len(self.baseline_fractions) * self.baseline_seeds
+
+    def baseline_seed_list(self) -> tuple[int, ...]:
+        return tuple(self.seed + 1000 * k for k in range(self.baseline_seeds))
 
     def finetune_runs_per_experiment(self) -> int:
         """Training runs of the fine-tuning flow: LR sweep (seed 0) + the other copies, per strategy; LP stages."""
@@ -190,6 +201,7 @@ QUICK_OVERRIDES: dict = dict(
     baseline_fractions=(1.0, 0.4, 0.15),
     baseline_epochs=3,
     baseline_keep_epochs=(1, 2, 3),
+    baseline_seeds=1,
     pretrain_steps=300,
     lr_grid=(3e-3,),
     copies=2,
@@ -372,8 +384,8 @@ def why_notes(rows: Sequence[dict], shift: DemoShift | dict, n_reference: int | 
         notes.append(f"The reference set has {n_reference} images: a class colour is far easier to learn than "
                      "the digit shapes from so few examples, which is what makes the spurious tint a shortcut.")
     if meta.get("name") == "vflip":
-        notes.append("The glyph corpus teaches shape features under rotation and shear but never shows "
-                     "upside-down glyphs, so a flip is less covered by pre-training than a colour change.")
+        notes.append("The glyph corpus shows half of its glyphs upside down (and others mirrored or turned), "
+                     "so pre-training covers this shift's orientation the way CLIP's data cover flipped photos.")
     return notes
 
 

@@ -53,7 +53,8 @@ class PretrainConfig(BaseModel):
     val_batches: int = Field(8, ge=1, description="held-out batches (seeds never used for training) to report accuracy")
     # What the corpus covers beyond upright glyphs. CLIP's data hold flipped, rotated and tinted images of every kind;
     # the stand-in must too, or fine-tuning it cannot show the paper's mechanism on the out-of-support shifts.
-    flip_p: float = Field(0.25, ge=0, le=1, description="share of glyphs flipped upside down (and, apart, mirrored)")
+    flip_p: float = Field(0.5, ge=0, le=1, description="share of glyphs flipped upside down; half as many are "
+                                                       "mirrored: a flipped glyph keeps its label, as a photo does")
     quarter_turn_p: float = Field(0.2, ge=0, le=1, description="share of glyphs turned by 90, 180 or 270 degrees")
     tint_p: float = Field(0.3, ge=0, le=1, description="share of images blended with a random colour (alpha 0.1-0.4)")
     clutter_p: float = Field(0.3, ge=0, le=1, description="share of images with distractor strokes")
@@ -178,7 +179,7 @@ class GlyphCorpus:
     def _reorient(self, mask: torch.Tensor, u: Callable, g: torch.Generator) -> torch.Tensor:
         """Upside-down and mirrored glyphs, and quarter turns: orientations a photo corpus holds and digits do not."""
         n = mask.shape[0]
-        vflip, hflip = u(n) < self.flip_p, u(n) < self.flip_p
+        vflip, hflip = u(n) < self.flip_p, u(n) < self.flip_p / 2
         mask = torch.where(vflip.view(n, 1, 1, 1), mask.flip(2), mask)
         mask = torch.where(hflip.view(n, 1, 1, 1), mask.flip(3), mask)
         turns = torch.where(u(n) < self.quarter_turn_p, torch.randint(1, 4, (n,), generator=g), torch.zeros(n, dtype=torch.long))

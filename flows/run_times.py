@@ -1,0 +1,44 @@
+"""How long each of a tagged run's task runs took, read back from the Prefect API (for lib.time_budget)."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+
+def _task_names() -> dict[str, str]:
+    """task_key -> registered task name, for every task the package defines."""
+    from prefect import Task
+
+    import flows
+    import tasks
+
+    names: dict[str, str] = {}
+    modules = [f"tasks.{m.name}" for m in pkgutil.iter_modules(tasks.__path__)]
+    modules += [f"flows.{m.name}" for m in pkgutil.iter_modules(flows.__path__) if m.name in ("demo", "report")]
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        for value in vars(module).values():
+            if isinstance(value, Task):
+                names[value.task_key] = value.name
+    return names
+
+
+def task_seconds(tag: str, page: int = 200) -> list[tuple[str, float]]:
+    """(task name, run seconds) of every task run carrying ``tag`` (subflows included: tags are inherited)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterSubFlowRuns, TaskRunFilterTags
+
+    names = _task_names()
+    task_filter = TaskRunFilter(tags=TaskRunFilterTags(all_=[tag]), subflow_runs=TaskRunFilterSubFlowRuns(exists_=False))
+    out: list[tuple[str, float]] = []
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while True:
+            runs = client.read_task_runs(task_run_filter=task_filter, limit=page, offset=offset)
+            out += [(names.get(r.task_key, r.name), r.total_run_time.total_seconds()) for r in runs]
+            if len(runs) < page:
+                return out
+            offset += page
+
+
+__all__ = ["task_seconds"]
