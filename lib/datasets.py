@@ -556,6 +556,11 @@ def npz(root: str, split: str) -> ImageDataset:
         prefix = None
     if not path.is_file():
         raise DatasetLayoutError(f"dataset 'npz': missing file {path}. Expected: {NPZ_LAYOUT}")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest allow_pickle, which we never use
+        raise DatasetLayoutError(f"dataset 'npz': {path} is not a .npz archive of arrays (write one with "
+                                 f"numpy.savez). Expected: {NPZ_LAYOUT}")
     with np.load(path, allow_pickle=False) as data:
         keys = set(data.files)
         if prefix is None:

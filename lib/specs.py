@@ -256,16 +256,19 @@ def check_spec_data(spec: ExperimentSpec, cache_dir: str | None = None) -> None:
     from lib.datasets import load_dataset
     from lib.image_check import check_images_readable
 
-    seen, files, names = set(), [], []
+    seen, files, names = {}, [], []
     for split in spec.splits():
         dist, dataset_split = spec.distribution(split)
         key = (dist.dataset, dataset_split, dist.root)
         if key not in seen:
-            seen.add(key)
-            dataset = load_dataset(dist.dataset, dataset_split, dist.root, **dist.dataset_options)
+            seen[key] = dataset = load_dataset(dist.dataset, dataset_split, dist.root, **dist.dataset_options)
             if dataset.files:
                 files += dataset.files
                 names.append(f"{dist.dataset} {dataset_split}")
+        if dist.shift:  # a shift's parameters (alpha of a tint, ...) are checked by building it, as the tasks will
+            from lib.shifts import make_shift
+
+            make_shift(dist.shift, seen[key].num_classes, dist.shift_params)
     if files:  # every layout is checked first: a refused run writes nothing, not even the decodability record
         check_images_readable(list(dict.fromkeys(files)), "dataset " + ", ".join(names), cache_dir)
 

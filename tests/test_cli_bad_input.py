@@ -112,7 +112,16 @@ def _bad_cifar(tmp):
     return tmp / "C"
 
 
+def _bad_shift_params(tmp):
+    (tmp / "spec.yaml").write_text("name: bad\nreference: {dataset: digits}\n"
+                                   "targets:\n  t: {dataset: digits, shift: tint, shift_params: {alpha: 2}}\n")
+    return tmp / "spec.yaml"
+
+
 BAD_DATA = [
+    ("shift params", _bad_shift_params, ["run", "baseline", "--shift", "{x}", "--store", "{tmp}/s"], ["tint", "alpha=2"]),
+    ("npz not an archive", _garbage_weights, ["data", "write", "npz", "--root", "{x}", "--split", "train",
+                                              "--out", "{tmp}/s"], ["not a .npz archive"]),
     ("corrupt jpegs", _corrupt, ["run", "baseline", "--dataset", "imagefolder", "--root", "{x}", "--store", "{tmp}/s"],
      ["2 of", "cannot be decoded", "truncated.jpg", "garbage.jpg"]),
     ("no val folder", _no_val, ["run", "baseline", "--dataset", "imagefolder", "--root", "{x}", "--store", "{tmp}/s"],

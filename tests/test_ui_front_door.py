@@ -353,3 +353,14 @@ def test_baseline_entry_flow_shows_progress_and_the_result_on_the_run_the_user_o
     assert str(Path(store).resolve() / "digits-tint_p=0.5" / "report.md") in note.data
     ((child, _),) = children
     assert child.name == "baseline digits tint_p=0.5 ep1"
+
+
+def test_a_flow_that_fails_at_run_time_ends_with_one_clear_line_as_its_state_message(prefect_api, tmp_path):
+    """What the UI shows on a failed run's page: the cause in one line, not a traceback or UnfinishedRun."""
+    from flows.baseline import BaselineConfig, synthetic_shift_baseline
+
+    config = BaselineConfig(dataset="imagefolder", root=str(tmp_path / "no-photos"), store=str(tmp_path / "s"), epochs=1)
+    state = synthetic_shift_baseline(config, return_state=True)
+    assert state.is_failed()
+    assert "\n" not in state.message and "UnfinishedRun" not in state.message
+    assert "DatasetLayoutError" in state.message and "no-photos" in state.message

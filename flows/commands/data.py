@@ -35,6 +35,12 @@ def _write(args: argparse.Namespace) -> int:
         dataset_info(args.name)
         options = BetonOptions(write_mode=args.write_mode, max_resolution=args.max_resolution,
                                jpeg_quality=args.jpeg_quality, num_workers=args.num_workers)
+        from lib.datasets import load_dataset
+        from lib.image_check import check_images_readable
+
+        dataset = load_dataset(args.name, args.split, args.root)  # layout and files, before --out is touched
+        if dataset.files:
+            check_images_readable(dataset.files, f"dataset {args.name!r} split {args.split!r}")
         beton = ensure_beton(args.name, args.split, args.out, args.root, options)
     except (UnknownNameError, DatasetLayoutError, ValueError, OSError) as exc:
         raise fail(exc) from None
