@@ -44,6 +44,11 @@ class DemoShift(BaseModel):
         return f"{self.target}_val"
 
     @property
+    def paper_helped(self) -> bool:
+        """Did pre-training help under shifts of this kind in the paper (out of support; and its tint exception)?"""
+        return self.support == "out" or self.preset == "tint_p=0.9"
+
+    @property
     def expected(self) -> str:
         """What the paper found for shifts of this kind."""
         if self.preset == "tint_p=0.9":

@@ -68,3 +68,14 @@ def test_demo_seeds_flag_errors_are_one_line_before_anything_runs(tmp_path, caps
     assert main(["demo", "--seed", "3", "--seeds", "0,1", "--store", str(tmp_path / "s")]) == 2
     assert "not both" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_the_papers_strong_tint_exception_is_expected_to_help():
+    from lib.demo import DEFAULT_SHIFTS
+
+    paper = {s.name: s.paper_helped for s in DEFAULT_SHIFTS}
+    assert paper == {"unseen_tint": True, "vflip": True, "tint_p=0.5": False, "label_p=0.2": False, "tint_p=0.9": True}
+    tables = {0: pl.DataFrame([{"shift": "tint_p=0.9", "support": "in", "sub_split": "all", "group": "ft",
+                                "effective_robustness": 0.2, "verdict": "helped", "comparable_verdict": None}])}
+    row = seeds_table(tables, paper_helped=paper).row(0, named=True)
+    assert (row["expected"], row["agree"]) == ("helped", 1)

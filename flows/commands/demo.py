@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if len(configs) > 1:
         from lib.demo_seeds import seeds_lines, seeds_table, write_seeds_report
 
-        combined = seeds_table(tables)
+        combined = seeds_table(tables, paper_helped={s.name: s.paper_helped for s in configs[0].active_shifts()})
         print()
         for line in seeds_lines(combined):
             print(line)
