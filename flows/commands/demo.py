@@ -30,7 +30,7 @@ the report."""
 
 EPILOG = """\
 examples:
-  askshift demo                          full demo (about 8 minutes on 2 CPU cores from a cold start, 1 when cached)
+  askshift demo                          full demo (about 7-11 minutes on 2 CPU cores from a cold start, 1-2 when cached)
   askshift demo --quick --store /tmp/s   the smoke version (about 2 minutes; no extra shift, fewer models)
   askshift demo --seed 3                 another seed (same seed and store: same tables, nothing retrained)
   askshift demo --seeds 0,1,2            three seeds, then the mean ER over seeds and how many agree (STORE/demo/seeds.md)
