@@ -48,15 +48,16 @@ def expected_reading(support: str, sub_split: str, paper_helped: bool | None = N
     return "helped" if helped else "did not help"
 
 
-def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and its t interval over seeds (seeds are the unit: the spread between them is the uncertainty)."""
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, its t interval over seeds (seeds are the unit: the spread between them is the uncertainty) and the
+    standard deviation between seeds; the interval and sd are NaN for one seed."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:
-        return mean, math.nan, math.nan
+        return mean, math.nan, math.nan, math.nan
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
+    return mean, mean - half, mean + half, sd
 
 
 def seeds_table(tables: dict[int, pl.DataFrame], groups: Sequence[str] = JUDGED_GROUPS,
@@ -72,13 +73,13 @@ def seeds_table(tables: dict[int, pl.DataFrame], groups: Sequence[str] = JUDGED_
         ers = [r["effective_robustness"] for _, r in items if r["effective_robustness"] is not None]
         if not ers:
             continue
-        mean, lo, hi = mean_interval(ers)
+        mean, lo, hi, sd = mean_interval(ers)
         expected = expected_reading(support, sub_split, (paper_helped or {}).get(shift))
         verdicts = [seed_verdict(r) for _, r in items]
         out.append({
             "shift": shift, "support": support, "sub_split": sub_split, "group": group, "n_seeds": len(items),
             "seeds": ",".join(str(s) for s, _ in items), "mean_er": mean, "er_lower": lo, "er_upper": hi,
-            "sd_er": (math.sqrt(sum((v - mean) ** 2 for v in ers) / (len(ers) - 1)) if len(ers) > 1 else math.nan),
+            "sd_er": sd,
             "min_er": min(ers), "max_er": max(ers), "helped": sum(v == "helped" for v in verdicts),
             "agree": sum((v == "helped") == (expected == "helped") for v in verdicts), "expected": expected,
         })

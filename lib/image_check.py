@@ -30,8 +30,9 @@ def decode_error(path: str | os.PathLike) -> str | None:
 
 
 def _signature(path: Path) -> str:
+    """A short key of the file's identity and version: a changed or replaced file gets a new one."""
     stat = path.stat()
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 def _known_good(cache_dir: Path | None) -> tuple[Path | None, set[str]]:
@@ -59,12 +60,12 @@ def unreadable_images(paths: list[Path], cache_dir: str | os.PathLike | None = N
     skipped when ``cache_dir`` is given, so a re-run over a large folder costs one ``stat`` per file."""
     record, good = _known_good(Path(cache_dir) if cache_dir else None)
     signatures = {p: _signature(p) for p in paths}
-    todo = [p for p in paths if hashlib.sha1(signatures[p].encode()).hexdigest()[:16] not in good]
+    todo = [p for p in paths if signatures[p] not in good]
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
         errors = dict(zip(todo, pool.map(decode_error, todo)))
     bad = {p: e for p, e in errors.items() if e is not None}
     if record is not None and todo and not bad:  # a refused check writes nothing
-        good |= {hashlib.sha1(signatures[p].encode()).hexdigest()[:16] for p in todo if p not in bad}
+        good |= {signatures[p] for p in todo}
         _remember(record, good)
     return bad
 

@@ -49,8 +49,8 @@ def test_split_parts_are_judged_by_their_own_support():
 
 
 def test_a_single_seed_has_no_interval_over_seeds():
-    mean, lo, hi = mean_interval([0.2])
-    assert mean == 0.2 and math.isnan(lo) and math.isnan(hi)
+    mean, lo, hi, sd = mean_interval([0.2])
+    assert mean == 0.2 and math.isnan(lo) and math.isnan(hi) and math.isnan(sd)
 
 
 @pytest.mark.parametrize("text, words", [("0,x", "integers"), ("", "at least one"), ("1,-2", "0 or more"),
