@@ -199,8 +199,11 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """An image batch on ``device``, channels-last when it is 4-D (N, C, H, W)."""
+    """An image batch on ``device``, channels-last when it is 4-D (N, C, H, W); uint8 batches (the stored bytes,
+    ``LoaderConfig(dtype="uint8")``) become float [0, 1] there, on the device."""
     images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
     return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
 
 

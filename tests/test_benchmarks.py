@@ -26,6 +26,9 @@ def test_loader_benchmark_on_mixed_size_photos_ends_with_a_ratio(tmp_path):
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("generated 60 photos")
     assert any(line.startswith("note: torchvision decodes the original JPEGs") for line in lines)
+    for dtype in ("float32", "uint8"):
+        for storage in ("jpg", "raw"):  # both storages, both batch types, against the same torchvision pipeline
+            assert any(re.fullmatch(rf"  ratio {dtype} {storage}: \d+\.\d\d", line) for line in lines), (dtype, storage)
     assert re.fullmatch(r"ratio: \d+\.\d\d", lines[-1]), lines[-1]
 
 

@@ -69,6 +69,37 @@ def test_mixed_size_jpegs_decode_through_ffcvs_own_crop_decoders(photos, tmp_pat
     assert passes[0].shape[0] == split_info(spec, "source_val", tmp_path).num_examples
 
 
+def test_uint8_batches_are_the_stored_bytes_and_become_the_float_batch_on_the_device(photos, tmp_path):
+    from lib.loaders import SplitLoader
+    from lib.specs import get_spec
+    from lib.training import place_images
+    from lib.transforms import loader_config
+
+    spec = get_spec("out_of_support", dataset="imagefolder", root=str(photos / "A"))
+    batches = {}
+    for dtype in ("float32", "uint8"):
+        config = loader_config("imagefolder", "cnn:small", train=False, batch_size=8).model_copy(update={"dtype": dtype})
+        with SplitLoader(spec, "source_val", tmp_path, config, train=False) as loader:
+            batches[dtype] = torch.cat([b[0] for b in loader])
+    assert batches["uint8"].dtype == torch.uint8 and batches["float32"].dtype == torch.float32
+    assert batches["uint8"].is_contiguous(memory_format=torch.channels_last)  # FFCV's NHWC buffer, not copied to NCHW
+    placed = place_images(batches["uint8"], torch.device("cpu"))
+    assert placed.dtype == torch.float32 and torch.equal(placed, batches["float32"])
+
+
+def test_the_in_place_flip_of_a_channels_last_uint8_batch_matches_torchs_flip():
+    from lib.loaders import flip_in_place
+
+    images = torch.randint(0, 256, (33, 3, 17, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    indices = torch.arange(100, 133)
+    fast = flip_in_place(images.contiguous(memory_format=torch.channels_last), indices, seed=3, epoch=2)
+    slow = flip_in_place(images.clone(), indices, seed=3, epoch=2)  # NCHW: torch's gather-flip-scatter
+    assert torch.equal(fast, slow)
+    flipped = (fast != images).flatten(1).any(1)
+    assert 5 < int(flipped.sum()) < 28  # about half the images, each mirrored whole
+    assert torch.equal(fast[flipped], images[flipped].flip(-1))
+
+
 def test_both_sides_of_the_domain_classifier_are_stored_and_decoded_alike(photos, tmp_path):
     from lib.domain_classifier import DomainSetup, domain_decoding, parity_spec
     from lib.specs import DistributionSpec, ExperimentSpec
