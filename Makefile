@@ -15,10 +15,12 @@ demo: bootstrap  ## the main job: the paper's experiment in miniature (CPU, minu
 
 TEST_WORKERS ?= 2
 
-test: bootstrap  ## the whole test suite (starts its own Prefect API and single-node SLURM cluster), 2 worker processes
+test: bootstrap  ## lint (ruff: pyflakes + import order), then the whole test suite (starts its own Prefect API and single-node SLURM cluster), 2 worker processes
+	@.venv/bin/ruff check .
 	@.venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-test-fast: bootstrap  ## the suite without the end-to-end flows
+test-fast: bootstrap  ## lint, then the suite without the end-to-end flows
+	@.venv/bin/ruff check .
 	@.venv/bin/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
 zoo: bootstrap  ## does pre-training help on ImageNet-Sketch? (~1,500 published timm models)

@@ -35,9 +35,9 @@ def main() -> int:
 
     workers = min(8, os.cpu_count() or 1)  # FFCV decoding threads (numba refuses more than the cores)
 
-    from lib.finetune import FinetuneHparams, finetune_run, plan_run
-    from lib.store import Store
-    from lib.training import RunConfig, TrainConfig, train_run
+    from askshift.lib.models.finetune import FinetuneHparams, finetune_run, plan_run
+    from askshift.lib.models.training import RunConfig, TrainConfig, train_run
+    from askshift.lib.store import Store
     from tests.photo_fixtures import make_imagefolder
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -74,9 +74,9 @@ def main() -> int:
     _rate("fine-tune timm:resnet18 (224 px)", n_train * args.epochs, time.perf_counter() - t)
     print(f"  reference val accuracy {outcome.val_accuracy:.3f}")
 
-    from lib.domain_classifier import DomainSetup, domain_images, fit_and_score, load_domain_data
-    from lib.specs import get_spec
-    from lib.support import DomainClassifierConfig, fold_plan
+    from askshift.lib.data.specs import get_spec
+    from askshift.lib.support.classifier import DomainSetup, domain_images, fit_and_score, load_domain_data
+    from askshift.lib.support.ratios import DomainClassifierConfig, fold_plan
 
     spec = get_spec("out_of_support", dataset="imagefolder", root=str(work / "photos"))
     setup = DomainSetup(spec=spec, shifted_split="vflip_val", cache_dir=str(cache), folds=2,

@@ -11,7 +11,7 @@ With ``--photos`` it measures the case FFCV is built for instead: an ImageFolder
 mixed sizes (150-500 px a side, ``tests/photo_fixtures.py``), written once to a .beton by askshift
 (``ensure_beton``: JPEG, longest side capped at 256), then one pass of ImageNet-style training
 augmentation -- random resized crop (scale 0.08-1) to 224 px and a horizontal flip -- through
-``lib.loaders.split_loader``, against torchvision's ``ImageFolder`` + ``RandomResizedCrop(224)``,
+``askshift.lib.data.loaders.split_loader``, against torchvision's ``ImageFolder`` + ``RandomResizedCrop(224)``,
 ``RandomHorizontalFlip()``, ``ToTensor()`` in a ``DataLoader`` with the same batch size and workers.
 FFCV's first pass compiles its pipeline and is reported but not timed.  Fairness: torchvision decodes
 the original JPEGs (up to 500 px a side) while FFCV decodes its .beton (re-encoded JPEGs, longest side
@@ -34,10 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing (lib, tests)
 
-from lib.datasets import load_dataset  # noqa: E402
-from lib.loaders import LoaderConfig, split_loader  # noqa: E402
-from lib.shifts import make_shift  # noqa: E402
-from lib.specs import DistributionSpec, ExperimentSpec  # noqa: E402
+from askshift.lib.data.datasets import load_dataset  # noqa: E402
+from askshift.lib.data.loaders import LoaderConfig, split_loader  # noqa: E402
+from askshift.lib.data.shifts import make_shift  # noqa: E402
+from askshift.lib.data.specs import DistributionSpec, ExperimentSpec  # noqa: E402
 
 SHIFT_PARAMS = {"tint": {"alpha": 0.25, "spurious_p": 0.9}, "noise": {"std": 0.05}, "blur": {"sigma": 1.0}}
 
@@ -129,8 +129,8 @@ def torchvision_photo_batches(root: Path, batch_size: int, workers: int, as_floa
 def photos_main(args: argparse.Namespace) -> int:
     """The --photos comparison: images/s of FFCV (per .beton storage) and torchvision, for float32 and uint8
     batches; ends with ``ratio: X.XX`` (uint8 batches, raw storage: FFCV's fastest documented setting)."""
-    from lib.beton import BetonOptions, ensure_beton
-    from lib.specs import get_spec
+    from askshift.lib.data.beton import BetonOptions, ensure_beton
+    from askshift.lib.data.specs import get_spec
 
     epochs = args.epochs or 2
     storages = (args.write_mode,) if args.write_mode else ("jpg", "raw")

@@ -1,7 +1,7 @@
 """Seconds per training run's loader: a fresh FFCV loader per run vs the pooled, already compiled one.
 
 A miniature experiment trains dozens of small models on the same .beton file, each on its own subset and seed.
-Building an FFCV loader generates its pipeline code, which numba compiles on the first pass; ``lib.loaders``
+Building an FFCV loader generates its pipeline code, which numba compiles on the first pass; ``askshift.lib.data.loaders``
 keeps freed loaders and re-points them at the next run's examples instead.  For each of ``--runs`` runs this
 measures what a run pays before and during its first epoch: build the loader, then one pass over its subset.
 The last line is ``ratio: X.XX`` (fresh over pooled).  Usage::
@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lib.loaders import LOADER_POOL, LoaderConfig, split_info, split_loader  # noqa: E402
-from lib.specs import get_spec  # noqa: E402
-from lib.training import subset_indices  # noqa: E402
+from askshift.lib.data.loaders import LOADER_POOL, LoaderConfig, split_info, split_loader  # noqa: E402
+from askshift.lib.data.specs import get_spec  # noqa: E402
+from askshift.lib.models.training import subset_indices  # noqa: E402
 
 
 def first_epochs(spec, cache: str, config: LoaderConfig, runs: int, fraction: float) -> list[float]:

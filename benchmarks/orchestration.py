@@ -22,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import flows  # noqa: E402,F401  (safe environment defaults before Prefect is imported)
 from prefect import flow, task  # noqa: E402
+
+import askshift.flows  # noqa: E402,F401  (safe environment defaults before Prefect is imported)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def epoch_seconds(examples: int = 1438, batch_size: int = 64) -> float:
     """One training epoch of cnn:small on digits-sized tensors (the work of the smallest real task)."""
     import torch
 
-    from lib.models import build_model
+    from askshift.lib.models.families import build_model
 
     torch.manual_seed(0)
     model = build_model("cnn:small", 10)
@@ -85,7 +86,7 @@ def slurm_available() -> str | None:
 
 
 def run_backend(backend: str, n: int, profile: str | None) -> dict[str, float]:
-    from flows.backends import make_task_runner
+    from askshift.flows.backends import make_task_runner
 
     runner = make_task_runner(backend, profile if backend == "slurm" else None)
     return orchestration_probe.with_options(task_runner=runner)(n)
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
 
-    from flows.backends import shared_prefect_api
+    from askshift.flows.backends import shared_prefect_api
 
     epoch = epoch_seconds()
     print(f"reference task: one cnn:small epoch on 1,438 digits-sized images = {epoch:.2f} s "

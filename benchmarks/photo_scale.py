@@ -4,9 +4,9 @@ For each N of ``--scale`` this generates N photo-like JPEGs of mixed sizes (150-
 ``tests/photo_fixtures.py``; in parallel, timed but not part of the measurement), then measures in a fresh
 subprocess, so that its peak memory is its own:
 
-* write: ``lib.beton.ensure_beton("imagefolder", "train", ...)`` with the defaults (JPEG, longest side 256);
-* epoch: one training epoch of ``cnn:small`` through ``lib.training.train_model`` fed by the random-resized-crop
-  (scale 0.08-1, 224 px) + flip pipeline of ``lib.loaders``, timed as ``train_model`` times its epochs.  The FFCV
+* write: ``askshift.lib.data.beton.ensure_beton("imagefolder", "train", ...)`` with the defaults (JPEG, longest side 256);
+* epoch: one training epoch of ``cnn:small`` through ``askshift.lib.models.training.train_model`` fed by the random-resized-crop
+  (scale 0.08-1, 224 px) + flip pipeline of ``askshift.lib.data.loaders``, timed as ``train_model`` times its epochs.  The FFCV
   pipeline is compiled beforehand on one batch (reported separately): a run's later epochs, and every run that
   gets a compiled loader from the loader pool, do not pay it.  ``--resolution`` and ``--model`` change the
   crop side and the model (``cnn:small`` reads any size, so at 224 px the epoch is mostly convolution);
@@ -98,11 +98,11 @@ def measure(root: Path, cache: Path, workers: int, batch_size: int, resolution: 
     """Write the .beton, compile the pipeline on one batch, train one epoch; seconds and peak memory of each."""
     import numpy as np
 
-    from lib.beton import ensure_beton
-    from lib.loaders import LOADER_POOL, LoaderConfig, split_loader
-    from lib.models import build_model
-    from lib.specs import get_spec
-    from lib.training import TrainConfig, epoch_loader_factory, train_model
+    from askshift.lib.data.beton import ensure_beton
+    from askshift.lib.data.loaders import LOADER_POOL, LoaderConfig, split_loader
+    from askshift.lib.data.specs import get_spec
+    from askshift.lib.models.families import build_model
+    from askshift.lib.models.training import TrainConfig, epoch_loader_factory, train_model
 
     with TreeRSS() as tree:
         start = time.perf_counter()
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="generation processes and FFCV threads")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--resolution", type=int, default=224, help="side of the random resized crop")
-    parser.add_argument("--model", default="cnn:small", help="lib.models name trained for the epoch")
+    parser.add_argument("--model", default="cnn:small", help="askshift.lib.models.families name trained for the epoch")
     parser.add_argument("--workdir", default=None, help="keep photos and .beton files here (default: a temp folder, emptied per N)")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the subprocess side
     parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)

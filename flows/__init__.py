@@ -1,4 +1,4 @@
 """askshift.flows: Prefect flows composing tasks into the experiments users trigger, and the CLI."""
-from lib.env import apply_safe_defaults
+from askshift.env import apply_safe_defaults
 
 apply_safe_defaults()

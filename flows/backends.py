@@ -2,25 +2,24 @@
 
 - ``local``: Prefect's thread-pool task runner in this process (default; no cluster).
 - ``dask``: a ``distributed.LocalCluster`` on 127.0.0.1 through prefect-dask's ``DaskTaskRunner``.
-- ``slurm``: ``dask_jobqueue.SLURMCluster`` workers in SLURM jobs, sized by a cluster profile (``lib.cluster``).
+- ``slurm``: ``dask_jobqueue.SLURMCluster`` workers in SLURM jobs, sized by a cluster profile (``askshift.flows.cluster``).
 
 Workers are other processes: before any cluster starts, ``shared_prefect_api`` makes sure they all reach the
 same Prefect API as the flow (otherwise each would start its own temporary server on the same SQLite file).
 
-GPU tasks: tag a task ``"gpu"`` (``lib.cluster.GPU_TAG``), e.g. ``@task(tags=["gpu"], retries=2)``. On workers that
+GPU tasks: tag a task ``"gpu"`` (``askshift.flows.cluster.GPU_TAG``), e.g. ``@task(tags=["gpu"], retries=2)``. On workers that
 declare a Dask resource ``GPU`` (profiles with ``gpus > 0``) such a task holds one GPU slot while it runs; untagged
 (CPU-only) tasks never wait for or occupy GPU slots. On backends without GPU workers the tag changes nothing.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
 import sys
 from typing import Any, Iterator
 
-from lib.cluster import GPU_TAG, WORKER_ENV, WORKER_PRELOAD
+from askshift.flows.cluster import GPU_TAG, WORKER_ENV, WORKER_PRELOAD
 
 logger = logging.getLogger("askshift.backends")
 
@@ -112,7 +111,7 @@ def make_task_runner(backend: str = "local", profile: str | None = None, *, dask
             cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                             "host": "127.0.0.1", "dashboard_address": None, "preload": preload},
         )
-    from lib.cluster import load_profile  # backend == "slurm"
+    from askshift.flows.cluster import load_profile  # backend == "slurm"
 
     cluster_profile = load_profile(profile)
     return dask_task_runner(
@@ -151,7 +150,7 @@ def _api_env() -> dict[str, str]:
     url = PREFECT_API_URL.value()
     if not url:
         logger.warning("no Prefect API URL is set: SLURM workers may each start a temporary server "
-                       "(enter flows.backends.shared_prefect_api() first)")
+                       "(enter askshift.flows.backends.shared_prefect_api() first)")
         return {}
     return {"PREFECT_API_URL": url}
 
@@ -250,7 +249,7 @@ def backend_task_runner(backend: str = "local", profile: str | None = None, *,
         return
     loopback = True
     if backend == "slurm":
-        from lib.cluster import check_submission, load_profile
+        from askshift.flows.cluster import check_submission, load_profile
 
         cluster_profile = load_profile(profile)
         # A job sbatch rejects would fail inside dask-jobqueue's adaptive loop and the flow would hang.
@@ -268,16 +267,3 @@ def backend_task_runner(backend: str = "local", profile: str | None = None, *,
         yield make_task_runner(backend, profile, dask_workers=dask_workers)
 
 
-@contextlib.contextmanager
-def task_runner_from_args(args: argparse.Namespace) -> Iterator[Any]:
-    """``backend_task_runner`` for ``--backend`` / ``--profile``; a backend that cannot work is a ``CliError``."""
-    from flows.cli import CliError
-    from lib.cluster import ClusterProfileError
-
-    with contextlib.ExitStack() as stack:
-        try:
-            runner = stack.enter_context(backend_task_runner(getattr(args, "backend", "local") or "local",
-                                                             getattr(args, "profile", None)))
-        except (BackendError, ClusterProfileError) as exc:
-            raise CliError(str(exc)) from exc
-        yield runner  # errors of the flow itself pass through unchanged

@@ -10,14 +10,14 @@ from prefect.futures import as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows.naming import baseline_name, run_name
-from lib.names import DATASET_SCHEMA, MODEL_SCHEMA, SHIFT_SCHEMA, check_dataset, check_model, check_shift
-from lib.store import Store
-from lib.training import RunConfig, TrainConfig
-from tasks.futures import results
-from tasks.data import write_split
-from tasks.prediction import predict_split
-from tasks.training import train_one_model
+from askshift.flows.naming import baseline_name, run_name
+from askshift.lib.models.training import RunConfig, TrainConfig
+from askshift.lib.names import DATASET_SCHEMA, MODEL_SCHEMA, SHIFT_SCHEMA, check_dataset, check_model, check_shift
+from askshift.lib.store import Store
+from askshift.tasks.data import write_split
+from askshift.tasks.futures import results
+from askshift.tasks.prediction import predict_split
+from askshift.tasks.training import train_one_model
 
 
 class BaselineConfig(BaseModel):
@@ -153,10 +153,10 @@ def synthetic_shift_baseline(config: BaselineConfig) -> str:
 
     Returns the experiment folder (``STORE/EXPERIMENT``, absolute).  Re-running recomputes nothing that exists; a
     killed run resumes from the last epoch checkpoints.  The run the user opened gets a progress bar (one step per
-    training run) and the result note ``KEY-result`` (``tasks.reporting``: the key rule).
+    training run) and the result note ``KEY-result`` (``askshift.tasks.reporting``: the key rule).
     """
-    from lib.specs import get_spec
-    from tasks.reporting import ProgressBar, experiment_key
+    from askshift.lib.data.specs import get_spec
+    from askshift.tasks.reporting import ProgressBar, experiment_key
 
     spec = get_spec(config.shift, dataset=config.dataset, root=config.root)
     store = str(Store(config.store).root)
@@ -206,14 +206,14 @@ def synthetic_shift_baseline(config: BaselineConfig) -> str:
     print(line)
 
     if config.report:
-        from flows.report import publish_report_result, report
+        from askshift.flows.report import publish_report_result, report
 
         result = report(store, name)
         progress.advance(what="report")
         publish_report_result(result, store, name, headline)
     else:
-        from lib.report import note_markdown
-        from tasks.reporting import publish_result, store_words
+        from askshift.lib.report.markdown import note_markdown
+        from askshift.tasks.reporting import publish_result, store_words
 
         publish_result(f"{experiment_key(name, store)}-result", note_markdown(headline, line + " (no report asked)", {
             "experiment folder": exp.root, "models": exp.root / "models"}),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -20,11 +19,15 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.naming import demo_name, run_name
-from lib.demo import (DEMO_EXPERIMENT, ER_TABLE, MIXED_SPLIT_NAME, MODELS_TABLE, DemoConfig, DemoShift, Progress,
-                      format_duration)
-from lib.store import Store, atomic_write_json
-from tasks.reporting import ProgressBar, experiment_key, store_words
+from askshift.flows.demo_config import (
+    DEMO_EXPERIMENT,
+    DemoConfig,
+    Progress,
+    format_duration,
+)
+from askshift.flows.naming import demo_name, run_name
+from askshift.lib.store import Store, atomic_write_json
+from askshift.tasks.reporting import ProgressBar, experiment_key, store_words
 
 STAGES = ("data", "pre-training", "shifts", "mixed shift and split", "report")
 MIXED_TARGET = "mixed"
@@ -38,7 +41,7 @@ def _say(text: str) -> None:
 @contextlib.contextmanager
 def ticker(progress: Progress, every: float = 20.0, bar: Any = None) -> Iterator[None]:
     """Print the progress line every ``every`` seconds while the flows below run (they block this thread); with
-    ``bar`` (a ``tasks.reporting.ProgressBar``) also move the UI's progress bar as training runs finish."""
+    ``bar`` (a ``askshift.tasks.reporting.ProgressBar``) also move the UI's progress bar as training runs finish."""
     stop = threading.Event()
 
     def loop() -> None:
@@ -63,7 +66,7 @@ def ticker(progress: Progress, every: float = 20.0, bar: Any = None) -> Iterator
 
 def baseline_config(config: DemoConfig, shift: str, experiment: str):
     """The baseline flow's config: epochs x training fractions x widths (the flow gives label_p the paper's 2x epochs)."""
-    from flows.baseline import BaselineConfig
+    from askshift.flows.baseline import BaselineConfig
 
     return BaselineConfig(
         dataset=config.dataset, shift=shift, store=str(config.store_root()), experiment=experiment,
@@ -79,7 +82,7 @@ def pretrain_config(config: DemoConfig):
 
 def finetune_config(config: DemoConfig, shift: str, experiment: str, pretrained: str | None = None):
     """The fine-tuning flow's config: the miniature recipe with the demo's LR grid, copies and epochs."""
-    from flows.finetune import MINIATURE, FinetuneConfig
+    from askshift.flows.finetune import MINIATURE, FinetuneConfig
 
     hparams = MINIATURE.model_copy(update={
         "epochs": config.finetune_epochs, "warmup_epochs": min(1.0, config.finetune_epochs / 4),
@@ -97,19 +100,13 @@ def finetune_config(config: DemoConfig, shift: str, experiment: str, pretrained:
 # --- the mixed natural-like shift ------------------------------------------------------------------------------
 
 
-def mixed_shift(config: DemoConfig) -> DemoShift:
-    return DemoShift(name=MIXED_SPLIT_NAME, title="Mixed natural-like shift", preset="mixed", target=MIXED_TARGET,
-                     support="out", about="palette-tinted digits (in-support) mixed with unseen-colour and flipped "
-                                          "digits (out-of-support)")
-
-
 @task(name="build the mixed shift", cache_policy=NO_CACHE)
 def build_mixed_shift(config: DemoConfig) -> dict[str, str]:
-    """Write the mixture (lib.split_check) plus a reference validation split as one npz, and a spec file for it."""
-    from lib.datasets import load_dataset
-    from lib.specs import DistributionSpec, ExperimentSpec
-    from lib.split_check import MixtureConfig, build_mixture, palette, tint
-    from lib.store import write_with
+    """Write the mixture (askshift.lib.support.known_answer) plus a reference validation split as one npz, and a spec file for it."""
+    from askshift.lib.data.datasets import load_dataset
+    from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
+    from askshift.lib.store import write_with
+    from askshift.lib.support.known_answer import MixtureConfig, build_mixture, palette, tint
 
     exp = Store(config.store_root()).experiment(config.mixed_experiment_name())
     mixture_config = MixtureConfig(seed=config.seed, spurious_p=0.5, out_fraction=config.mixture_out_fraction,
@@ -151,9 +148,9 @@ def build_mixed_shift(config: DemoConfig) -> dict[str, str]:
 
 
 def split_config(config: DemoConfig, spec_path: str):
-    from flows.split import SplitConfig
-    from lib.specs import load_spec
-    from lib.support import DomainClassifierConfig
+    from askshift.flows.split import SplitConfig
+    from askshift.lib.data.specs import load_spec
+    from askshift.lib.support.ratios import DomainClassifierConfig
 
     classifier = DomainClassifierConfig(model="cnn:tiny", lrs=config.split_lrs, epochs=config.split_epochs,
                                         batch_size=64, reference_size=None, in_memory=True, seed=config.seed)
@@ -173,15 +170,15 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
     Stages: data; pre-training (the local glyph stand-in, cached); per reference distribution the baseline
     flow and the fine-tuning flow; the mixed shift with the split flow; the combined report.  The run the user
     opened gets a progress bar (stages, and training runs as they finish) and the result note ``demo-result``
-    (``demo-STOREHASH-result`` for a store other than askshift-store; ``tasks.reporting``: the key rule).
+    (``demo-STOREHASH-result`` for a store other than askshift-store; ``askshift.tasks.reporting``: the key rule).
     """
-    from flows.backends import on_caller_backend
-    from flows.baseline import synthetic_shift_baseline
-    from flows.finetune import pretrain_path, pretrained_finetune
-    from flows.split import split_shift
-    from lib.specs import get_spec
-    from tasks.data import write_split
-    from tasks.finetune import pretrain_checkpoint
+    from askshift.flows.backends import on_caller_backend
+    from askshift.flows.baseline import synthetic_shift_baseline
+    from askshift.flows.finetune import pretrain_path, pretrained_finetune
+    from askshift.flows.split import split_shift
+    from askshift.lib.data.specs import get_spec
+    from askshift.tasks.data import write_split
+    from askshift.tasks.finetune import pretrain_checkpoint
 
     started = time.monotonic()
     store = config.store_root()
@@ -251,8 +248,8 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
 
 
 def demo_key(store: str) -> str:
-    """``demo``, or ``demo-STOREHASH`` for a store other than the demo's default (tasks.reporting: the key rule)."""
-    from lib.demo import DemoConfig as _Config
+    """``demo``, or ``demo-STOREHASH`` for a store other than the demo's default (askshift.tasks.reporting: the key rule)."""
+    from askshift.flows.demo_config import DemoConfig as _Config
 
     return experiment_key("demo", store, default_store=_Config.model_fields["store"].default)
 
@@ -263,8 +260,8 @@ def _update_progress(bar: Any, value: float) -> None:
 
 def publish_demo_result(config: DemoConfig, result: dict[str, Any], store: str, seconds: float) -> None:
     """The result note on the run the user opened: the verdict lines, a link to the report, absolute paths."""
-    from lib.report import note_markdown
-    from tasks.reporting import artifact_url, publish_result
+    from askshift.lib.report.markdown import note_markdown
+    from askshift.tasks.reporting import artifact_url, publish_result
 
     stem = demo_key(store)
     report_key = f"{stem}-report"
@@ -288,8 +285,8 @@ def _report_on_result_run(key: str, result: dict[str, Any], store: str):
     from prefect.artifacts import MarkdownArtifact
     from prefect.context import FlowRunContext
 
-    from lib.report import inline_images
-    from tasks.reporting import result_run_id
+    from askshift.lib.report.markdown import inline_images
+    from askshift.tasks.reporting import result_run_id
 
     target = result_run_id()
     if target is None or target == str(FlowRunContext.get().flow_run.id):
@@ -308,7 +305,7 @@ def _report_on_result_run(key: str, result: dict[str, Any], store: str):
 
 @task(name="demo report", cache_policy=NO_CACHE)
 def write_demo_report(config: DemoConfig, seconds: float, models: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    from lib.demo_report import build_demo_report
+    from askshift.flows.demo_report import build_demo_report
 
     return build_demo_report(config, seconds, models)
 
@@ -317,7 +314,7 @@ def write_demo_report(config: DemoConfig, seconds: float, models: dict[str, list
 def publish_demo_artifacts(result: dict[str, Any], store: str = "askshift-store") -> None:
     import polars as pl
 
-    from tasks.reporting import publish_markdown, publish_table
+    from askshift.tasks.reporting import publish_markdown, publish_table
 
     stem = demo_key(store)
     publish_markdown.fn(f"{stem}-report", Path(result["report"]).read_text(), base_dir=str(Path(result["report"]).parent),

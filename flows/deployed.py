@@ -5,14 +5,14 @@ from the Prefect UI or a schedule chooses it with the ``execution`` parameter in
 choice, starts the backend and runs the real flow as a subflow on it. The run the user opened (the deployment
 run) gets that flow's result note (``KEY-result``: one line of result, a link to the report artifact, absolute
 paths of the report and tables) and its progress bar; the report and tables themselves are artifacts of the
-subflows that made them (by key on the Artifacts page too; ``tasks.reporting``: the key rule).
+subflows that made them (by key on the Artifacts page too; ``askshift.tasks.reporting``: the key rule).
 
-Run names say what a run does (``baseline digits tint_p=0.5 ep6 (local)``, ``flows.naming``); a name typed in
+Run names say what a run does (``baseline digits tint_p=0.5 ep6 (local)``, ``askshift.flows.naming``); a name typed in
 the UI's Custom run form is kept.
 
 The signatures are written out (not generated) because Prefect builds the UI form from them, and ``prefect deploy``
 reads them from this file's source. Flows that the chosen flow calls in turn (demo's stages; the baseline flow of
-finetune, the finetune flow of hparam-ablation) run their tasks on the same cluster (``flows.backends.on_caller_backend``).
+finetune, the finetune flow of hparam-ablation) run their tasks on the same cluster (``askshift.flows.backends.on_caller_backend``).
 """
 from __future__ import annotations
 
@@ -20,24 +20,24 @@ from typing import Any
 
 from prefect import Flow, flow, get_run_logger
 
-from flows import naming
-from flows.baseline import BaselineConfig, synthetic_shift_baseline
-from flows.demo import demo
-from flows.execution import Execution
-from flows.finetune import AblationConfig, FinetuneConfig, hparam_ablation, pretrained_finetune
-from flows.naming import run_name
-from flows.report import Fraction, Metric, Resamples, Scale, Seed, report
-from flows.split import SplitConfig, split_shift
-from flows.zoo import ZooConfig, zoo_evaluate
-from lib.demo import DemoConfig
-from lib.report import ReportResult
+from askshift.flows import naming
+from askshift.flows.baseline import BaselineConfig, synthetic_shift_baseline
+from askshift.flows.demo import demo
+from askshift.flows.demo_config import DemoConfig
+from askshift.flows.execution import Execution
+from askshift.flows.finetune import AblationConfig, FinetuneConfig, hparam_ablation, pretrained_finetune
+from askshift.flows.naming import run_name
+from askshift.flows.report import Fraction, Metric, Resamples, Scale, Seed, report
+from askshift.flows.split import SplitConfig, split_shift
+from askshift.flows.zoo import ZooConfig, zoo_evaluate
+from askshift.lib.report.markdown import ReportResult
 
 
 def run_on_backend(target: Flow, execution: Execution, **parameters: Any) -> Any:
     """Run ``target(**parameters)`` as a subflow of the current flow run, its tasks on ``execution``'s backend."""
     from prefect.context import FlowRunContext
 
-    from tasks.reporting import reset_result_run, set_result_run
+    from askshift.tasks.reporting import reset_result_run, set_result_run
 
     where = execution.backend + (f" (profile {execution.profile})" if execution.profile else "")
     get_run_logger().info("running flow %r with its tasks on backend %s", target.name, where)

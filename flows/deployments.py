@@ -4,13 +4,26 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("askshift.deployments")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
+# deployments/ ships as package data (askshift.deployments): a wheel serves the same file as the checkout.
+DEPLOYMENTS_DIR = Path(str(resources.files("askshift.deployments")))
+PREFECT_YAML = DEPLOYMENTS_DIR / "prefect.yaml"
+
+
+def bundled_profile(path: str | Path) -> Path:
+    """A relative cluster profile path: as given when it exists from the working directory, else the shipped file
+    of that name (``deployments/slurm-gpu.yaml`` or ``slurm-gpu.yaml`` -> askshift.deployments' copy)."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    parts = path.parts[1:] if path.parts and path.parts[0] == "deployments" else path.parts
+    shipped = DEPLOYMENTS_DIR.joinpath(*parts)
+    return shipped if shipped.exists() else path.resolve()
 
 
 @dataclass(frozen=True)
@@ -26,11 +39,12 @@ class DeploymentSpec:
 
     @property
     def module_and_attribute(self) -> tuple[str, str]:
-        """``flows/baseline.py:synthetic_shift_baseline`` -> (``flows.baseline``, ``synthetic_shift_baseline``)."""
+        """``flows/baseline.py:synthetic_shift_baseline`` -> (``askshift.flows.baseline``, ``synthetic_shift_baseline``)."""
         path, _, attribute = self.entrypoint.partition(":")
         if not attribute or not path.endswith(".py"):
             raise ValueError(f"deployment {self.name!r}: entrypoint {self.entrypoint!r} is not 'path/to/file.py:flow'")
-        return path[: -len(".py")].replace("/", "."), attribute
+        # prefect.yaml names files of the checkout (what `prefect deploy` reads); installed, they are askshift.flows.*
+        return "askshift." + path[: -len(".py")].replace("/", "."), attribute
 
 
 def read_deployment_specs(path: str | Path = PREFECT_YAML) -> list[DeploymentSpec]:
@@ -92,7 +106,7 @@ def load_flow(spec: DeploymentSpec):
 def runner_deployments(path: str | Path = PREFECT_YAML, only: list[str] | None = None) -> tuple[list[Any], list[str]]:
     """Runner deployments for every flow of prefect.yaml that imports; plus one line per flow that was skipped.
 
-    Entrypoints become module paths (``flows.baseline.synthetic_shift_baseline``) so flow runs find their code
+    Entrypoints become module paths (``askshift.flows.baseline.synthetic_shift_baseline``) so flow runs find their code
     whatever the runner's working directory; relative ``store`` parameters become absolute against the working
     directory of the process serving them (``absolute_stores``).
     """

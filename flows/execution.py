@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows.backends import backend_task_runner, check_backend_choice
-from flows.deployments import REPO_ROOT
+from askshift.flows.backends import backend_task_runner, check_backend_choice
+from askshift.flows.deployments import bundled_profile
 
 
 class Execution(BaseModel):
@@ -48,12 +47,11 @@ class Execution(BaseModel):
         # A cleared text field in the UI form arrives as "".
         if value is None or not value.strip():
             return None
-        path = Path(value.strip()).expanduser()
-        return str(path if path.is_absolute() else REPO_ROOT / path)
+        return str(bundled_profile(value.strip()))
 
     @model_validator(mode="after")
     def _usable(self) -> "Execution":
-        from lib.cluster import load_profile
+        from askshift.flows.cluster import load_profile
 
         check_backend_choice(self.backend, self.profile)
         if self.dask_workers is not None and self.backend != "dask":
@@ -64,5 +62,5 @@ class Execution(BaseModel):
         return self
 
     def task_runner(self) -> contextlib.AbstractContextManager[Any]:
-        """Context manager yielding the task runner for this choice (``flows.backends.backend_task_runner``)."""
+        """Context manager yielding the task runner for this choice (``askshift.flows.backends.backend_task_runner``)."""
         return backend_task_runner(self.backend, self.profile, dask_workers=self.dask_workers)

@@ -7,13 +7,26 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from flows.naming import report_name, run_name
-from lib.report import ReportResult, build_report, er_display_table, result_markdown, summary_display_table
-from lib.store import Store
-from tasks.reporting import (artifact_url, experiment_key, publish_markdown, publish_result, publish_table,
-                             result_run_id, store_words)
+from askshift.flows.naming import report_name, run_name
+from askshift.lib.report.markdown import (
+    ReportResult,
+    build_report,
+    er_display_table,
+    result_markdown,
+    summary_display_table,
+)
+from askshift.lib.store import Store
+from askshift.tasks.reporting import (
+    artifact_url,
+    experiment_key,
+    publish_markdown,
+    publish_result,
+    publish_table,
+    result_run_id,
+    store_words,
+)
 
-# Closed choices (dropdowns in the UI form) and limits (refused on Submit); the names come from lib.er / lib.metrics.
+# Closed choices (dropdowns in the UI form) and limits (refused on Submit); the names come from askshift.lib.robustness.er / askshift.lib.robustness.metrics.
 Scale = Literal["probit", "logit"]
 Metric = Literal["accuracy", "balanced_accuracy", "worst_group_accuracy", "macro_f1", "auroc"]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -50,7 +63,7 @@ def publish_report(result: ReportResult, store: str, experiment: str) -> dict[st
 
 
 def publish_report_result(result: ReportResult, store: str, experiment: str, headline: str) -> None:
-    """The result note (one line, a link, absolute paths) on the run the user opened (tasks.reporting.publish_result),
+    """The result note (one line, a link, absolute paths) on the run the user opened (askshift.tasks.reporting.publish_result),
     and the report itself there too when another run made it: one click from that run's Artifacts tab to the plots.
     Nothing when another askshift flow called this one (that flow publishes its own note)."""
     target = result_run_id()
@@ -81,7 +94,7 @@ def copy_report_to(flow_run_id: str, result: ReportResult, store: str, experimen
     """The report artifact (same key, plots inline) on another flow run; its id, None when it could not be made."""
     from prefect.artifacts import MarkdownArtifact
 
-    from lib.report import inline_images
+    from askshift.lib.report.markdown import inline_images
 
     try:
         return MarkdownArtifact(key=result.artifacts["report"], flow_run_id=flow_run_id,
@@ -114,7 +127,7 @@ def report(
     flow wrote them), writes ``tables/er.parquet``, ``tables/er_summary.parquet``, ``plots/*.png`` and
     ``report.md``, and publishes artifacts ``KEY-report`` (markdown with the plots inlined), ``KEY-er`` and
     ``KEY-er-summary`` (short rounded tables; the Parquet files keep every column) and the result note
-    ``KEY-result`` on the run the user opened, where KEY is the experiment's slug (``tasks.reporting``: the key
+    ``KEY-result`` on the run the user opened, where KEY is the experiment's slug (``askshift.tasks.reporting``: the key
     rule).  ``bootstrap_examples=N`` adds percentile intervals from N resamples of the stored predictions'
     examples (jointly for all models) and of the baselines (columns ``er_lower_example_bootstrap`` and
     ``er_upper_example_bootstrap``, seeded by ``seed``).

@@ -1,4 +1,4 @@
-"""How long each of a tagged run's task runs took, read back from the Prefect API (for lib.time_budget)."""
+"""How long each of a tagged run's task runs took, read back from the Prefect API (for askshift.flows.time_budget)."""
 from __future__ import annotations
 
 import importlib
@@ -9,12 +9,12 @@ def _task_names() -> dict[str, str]:
     """task_key -> registered task name, for every task the package defines."""
     from prefect import Task
 
-    import flows
-    import tasks
+    import askshift.flows
+    import askshift.tasks
 
     names: dict[str, str] = {}
-    modules = [f"tasks.{m.name}" for m in pkgutil.iter_modules(tasks.__path__)]
-    modules += [f"flows.{m.name}" for m in pkgutil.iter_modules(flows.__path__) if m.name in ("demo", "report")]
+    modules = [f"askshift.tasks.{m.name}" for m in pkgutil.iter_modules(askshift.tasks.__path__)]
+    modules += [f"askshift.flows.{m.name}" for m in pkgutil.iter_modules(askshift.flows.__path__) if m.name in ("demo", "report")]
     for module_name in modules:
         module = importlib.import_module(module_name)
         for value in vars(module).values():

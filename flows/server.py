@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 DEFAULT_PORT = 4200
 LOOPBACK = "127.0.0.1"
@@ -43,7 +43,7 @@ def choose_port(host: str, requested: int | None) -> int:
 
 def server_env(host: str, port: int) -> dict[str, str]:
     """Environment of the server process: no telemetry, bound where asked, UI pointed at its own API."""
-    from lib.env import SAFE_DEFAULTS
+    from askshift.env import SAFE_DEFAULTS
 
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in SAFE_DEFAULTS.items()}}
     env.update({
@@ -235,12 +235,3 @@ def start_server(host: str = LOOPBACK, port: int | None = None, log_path: str | 
         raise
     return server
 
-
-@contextlib.contextmanager
-def running_server(host: str = LOOPBACK, port: int | None = None, log_path: str | os.PathLike | None = None,
-                   timeout: float = 180.0) -> Iterator[PrefectServer]:
-    server = start_server(host, port, log_path, timeout)
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -17,14 +17,25 @@ from prefect import flow, get_run_logger
 from prefect.futures import wait
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows.naming import run_name, split_name
-from lib.domain_classifier import DomainSetup, load_domain_data, parity_spec, position_images
-from lib.specs import ExperimentSpec
-from lib.store import ExperimentStore, Store, atomic_write_text
-from lib.support import (DEFAULT_EPSILON, DEFAULT_FOLDS, EPSILONS, DomainClassifierConfig, SupportEstimate,
-                         assemble_cross_fit, check_epsilons, choose_lr, default_classifier, estimate_support,
-                         fold_plan, separation_failure)
-from tasks.support import fit_fold, fit_lr_point
+from askshift.flows.naming import run_name, split_name
+from askshift.lib.data.specs import ExperimentSpec
+from askshift.lib.store import ExperimentStore, Store, atomic_write_text
+from askshift.lib.support.classifier import DomainSetup, load_domain_data, parity_spec, position_images
+from askshift.lib.support.ratios import (
+    DEFAULT_EPSILON,
+    DEFAULT_FOLDS,
+    EPSILONS,
+    DomainClassifierConfig,
+    SupportEstimate,
+    assemble_cross_fit,
+    check_epsilons,
+    choose_lr,
+    default_classifier,
+    estimate_support,
+    fold_plan,
+    separation_failure,
+)
+from askshift.tasks.support import fit_fold, fit_lr_point
 
 
 class SplitConfig(BaseModel):
@@ -32,7 +43,7 @@ class SplitConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    spec: ExperimentSpec = Field(description="reference distribution and shifted targets (lib.specs)")
+    spec: ExperimentSpec = Field(description="reference distribution and shifted targets (askshift.lib.data.specs)")
     targets: tuple[str, ...] | None = Field(None, description="targets to split (default: every target of the spec)")
     reference_split: str = Field("source_train", description="split the reference sample is drawn from")
     eval_reference_split: str = Field("source_val", description="reference split of the ER line")
@@ -101,7 +112,7 @@ def _publish(key: str, markdown: str, base: Path, sizes, where: str) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-        from lib.report import inline_images
+        from askshift.lib.report.markdown import inline_images
 
         create_markdown_artifact(key=key, markdown=inline_images(markdown, base), description=f"support split, {where}")
         rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in sizes.to_dicts()]
@@ -111,16 +122,16 @@ def _publish(key: str, markdown: str, base: Path, sizes, where: str) -> None:
 
 
 def support_key(experiment: str, store: str, target: str) -> str:
-    """``EXPERIMENT[-STOREHASH]-support-TARGET`` (tasks.reporting: the key rule)."""
-    from tasks.reporting import artifact_key, experiment_key
+    """``EXPERIMENT[-STOREHASH]-support-TARGET`` (askshift.tasks.reporting: the key rule)."""
+    from askshift.tasks.reporting import artifact_key, experiment_key
 
     return artifact_key(f"{experiment_key(experiment, store)}-support-{target}")
 
 
 def publish_split_result(headline: str, exp: ExperimentStore, store: str, results: dict[str, dict[str, Any]]) -> None:
     """The result note of a split run: per target the sizes of both parts and the classifier's AUROC, with paths."""
-    from lib.report import note_markdown
-    from tasks.reporting import artifact_url, experiment_key, publish_result, store_words
+    from askshift.lib.report.markdown import note_markdown
+    from askshift.tasks.reporting import artifact_url, experiment_key, publish_result, store_words
 
     parts = [f"{r['split']}: {r['in_support']} in-support, {r['out_of_support']} out-of-support (AUROC {r['auroc']:.3f}"
              + ("" if r.get("separated", True) else ", classifier did not separate the sets") + ")"
@@ -139,8 +150,13 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
     """tune -> folds -> calibrate -> ratios -> sub-split -> ER per part -> report section."""
     import polars as pl
 
-    from lib.support_report import (example_grid, pick_examples, probability_histogram, section_markdown,
-                                    support_er)
+    from askshift.lib.report.support import (
+        example_grid,
+        pick_examples,
+        probability_histogram,
+        section_markdown,
+        support_er,
+    )
 
     setup = config.setup(target)
     split = setup.shifted_split
@@ -207,7 +223,7 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
                                          title=f"{split} at ε = {config.epsilon:g}")
     markdown = section_markdown(target, split, estimate, lr, tuning, er, plots, exp.root, config.classifier.model)
     section_path = atomic_write_text(exp.root / f"support_{target}.md", markdown)
-    from tasks.reporting import store_words
+    from askshift.tasks.reporting import store_words
 
     _publish(support_key(exp.name, store, target), markdown, exp.root, sizes,
              f"experiment {exp.name}, {store_words(store)}")
@@ -221,7 +237,7 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
 def split_shift(config: SplitConfig) -> dict[str, dict[str, Any]]:
     """Split every chosen target of ``config.spec`` into in-support and out-of-support parts; the run the user
     opened gets the result note ``KEY-split-result`` and a progress bar (one step per target)."""
-    from tasks.reporting import ProgressBar, experiment_key
+    from askshift.tasks.reporting import ProgressBar, experiment_key
 
     logger = get_run_logger()
     store = str(Store(config.store).root)

@@ -1,4 +1,4 @@
-"""Dask worker preload (``--preload flows.worker_setup``): make worker processes behave like the flow process."""
+"""Dask worker preload (``--preload askshift.flows.worker_setup``): make worker processes behave like the flow process."""
 from __future__ import annotations
 
 import importlib
@@ -6,14 +6,14 @@ import logging
 import multiprocessing
 import os
 
-from lib.env import apply_safe_defaults
+from askshift.env import apply_safe_defaults
 
 logger = logging.getLogger("askshift.worker_setup")
 
 # Imported before the worker registers with the scheduler (preloads run first): a worker still importing torch
 # (tens of seconds on a busy node) is then never handed a task that a warm worker could run at once.
 # ASKSHIFT_WORKER_WARM_IMPORTS (comma-separated; empty: none) overrides the list.
-WARM_IMPORTS = ("torch", "prefect.task_engine", "lib.training", "lib.loaders", "lib.evaluation")
+WARM_IMPORTS = ("torch", "prefect.task_engine", "askshift.lib.models.training", "askshift.lib.data.loaders", "askshift.lib.models.evaluation")
 
 
 def warm_imports() -> tuple[str, ...]:

@@ -5,7 +5,7 @@ ImageNet models by default) is predicted on the reference split and on each shif
 (model, split), with timm's own evaluation transform of each model; the split flow then divides each shifted split
 into in-support and out-of-support parts (or a stored split is reused), and effective robustness is reported on
 each part with the from-scratch models as the baseline.  A shifted set that covers only some classes (ImageNet-R)
-follows ``lib.class_subset``: the reference is restricted to those classes and predictions on both are masked.
+follows ``askshift.lib.data.class_subset``: the reference is restricted to those classes and predictions on both are masked.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from prefect import flow, get_run_logger
 from prefect.futures import wait
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from flows.naming import run_name, zoo_name
-from flows.split import SplitConfig, split_one_target
-from lib.store import ExperimentStore, Store
+from askshift.flows.naming import run_name, zoo_name
+from askshift.flows.split import SplitConfig, split_one_target
+from askshift.lib.store import ExperimentStore, Store
 
 
 class ZooConfig(BaseModel):
@@ -47,7 +47,7 @@ class ZooConfig(BaseModel):
         return self.resolution
 
     def model_groups(self) -> dict[str, str]:
-        from lib.paper_zoo import BASELINE_GROUP, PRETRAINED_GROUP, paper_zoo
+        from askshift.lib.robustness.paper_zoo import BASELINE_GROUP, PRETRAINED_GROUP, paper_zoo
 
         baseline = self.baseline_models if self.baseline_models is not None else tuple(paper_zoo(BASELINE_GROUP))
         pretrained = self.pretrained_models if self.pretrained_models is not None else tuple(paper_zoo(PRETRAINED_GROUP))
@@ -60,8 +60,8 @@ class ZooConfig(BaseModel):
 def whole_split_er(exp: ExperimentStore, reference_split: str, shifted_split: str,
                    baseline_group: str = "baseline") -> tuple[pl.DataFrame, str | None]:
     """ER per group on the whole shifted split (no in/out-of-support parts): (table in the support_er layout, message)."""
-    from lib.er import ERInputError, accuracy_pairs, effective_robustness
-    from lib.metrics import metrics_table
+    from askshift.lib.robustness.er import ERInputError, accuracy_pairs, effective_robustness
+    from askshift.lib.robustness.metrics import metrics_table
 
     metrics = metrics_table(exp, splits=[reference_split, shifted_split])
     try:
@@ -79,16 +79,16 @@ def whole_split_er(exp: ExperimentStore, reference_split: str, shifted_split: st
 def zoo_evaluate(config: ZooConfig) -> dict[str, Any]:
     """Predict every zoo model on the reference and shifted splits (one task per (model, split)), then the
     split flow's in/out-of-support parts and ER per part (baseline = the from-scratch models)."""
-    from lib.class_subset import restrict_reference, spec_class_subset
-    from lib.support_report import support_er
-    from tasks.zoo import predict_zoo_model
+    from askshift.lib.data.class_subset import restrict_reference, spec_class_subset
+    from askshift.lib.report.support import support_er
+    from askshift.tasks.zoo import predict_zoo_model
 
     logger = get_run_logger()
     split_config = config.split
     groups = config.model_groups()
     targets = split_config.target_names()
     cache_dir = split_config.resolved_cache_dir()
-    # ImageNet-R and the like: one convention for reference and shifted set (lib.class_subset).
+    # ImageNet-R and the like: one convention for reference and shifted set (askshift.lib.data.class_subset).
     classes = spec_class_subset(split_config.spec, cache_dir, targets)
     if classes is not None:
         split_config = split_config.model_copy(update={"spec": restrict_reference(split_config.spec, classes)})
@@ -134,8 +134,8 @@ def zoo_evaluate(config: ZooConfig) -> dict[str, Any]:
 def publish_zoo_result(config: ZooConfig, exp: ExperimentStore, store: str, groups: dict[str, str],
                        out: dict[str, Any]) -> None:
     """The result note: ER per part and group for every shifted split, and where the tables are."""
-    from lib.report import note_markdown
-    from tasks.reporting import experiment_key, publish_result, store_words
+    from askshift.lib.report.markdown import note_markdown
+    from askshift.tasks.reporting import experiment_key, publish_result, store_words
 
     headline = zoo_name({"config": config})
     parts = []

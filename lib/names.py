@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from lib.registry import UnknownNameError
+from askshift.lib.registry import UnknownNameError
 
 
 def _alternatives(names: list[str]) -> str:
@@ -19,7 +19,7 @@ def _alternatives(names: list[str]) -> str:
 
 
 def _dataset_pattern() -> str:
-    from lib.datasets import DATASETS
+    from askshift.lib.data.datasets import DATASETS
 
     fixed = [n for n in DATASETS.names() if not n.endswith(":<name>")]
     families = [n[: -len(":<name>")] for n in DATASETS.names() if n.endswith(":<name>")]
@@ -28,7 +28,7 @@ def _dataset_pattern() -> str:
 
 
 def _shift_pattern() -> str:
-    from lib.specs import PRESETS
+    from askshift.lib.data.specs import PRESETS
 
     # tint_p=P with 0 <= P <= 1, label_p=P with 0 < P < 1 (the preset says P <= 0.5), or a spec file.
     number01 = r"(0|1|0?\.[0-9]+|0\.[0-9]*|1\.0*)"
@@ -37,13 +37,13 @@ def _shift_pattern() -> str:
 
 
 def _model_pattern() -> str:
-    from lib.models import MODEL_FAMILIES
+    from askshift.lib.models.families import MODEL_FAMILIES
 
     return "^(" + _alternatives(MODEL_FAMILIES.names()) + r"):\S+$"
 
 
-# Built on first use (PEP 562): lib.specs uses DATASET_SCHEMA while it is being imported, and SHIFT_* needs lib.specs,
-# MODEL_* lib.models (torch); importing this module costs nothing.
+# Built on first use (PEP 562): askshift.lib.data.specs uses DATASET_SCHEMA while it is being imported, and SHIFT_* needs askshift.lib.data.specs,
+# MODEL_* askshift.lib.models.families (torch); importing this module costs nothing.
 _BUILDERS = {"DATASET": _dataset_pattern, "SHIFT": _shift_pattern, "MODEL": _model_pattern}
 
 
@@ -57,7 +57,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# Closed sets fixed at import: dropdowns in the UI form (lib.finetune's STRATEGIES and PRESETS; checked by the
+# Closed sets fixed at import: dropdowns in the UI form (askshift.lib.models.finetune's STRATEGIES and PRESETS; checked by the
 # tests against the registries).
 Strategy = Literal["ft", "lp", "lp-ft", "scratch", "zs-ft"]
 FinetunePreset = Literal["augreg_in21k", "openai_clip"]
@@ -65,7 +65,7 @@ FinetunePreset = Literal["augreg_in21k", "openai_clip"]
 
 def check_dataset(name: str) -> str:
     """A registered dataset name (``wilds:NAME`` for any WILDS dataset), else ValueError listing the choices."""
-    from lib.datasets import dataset_info
+    from askshift.lib.data.datasets import dataset_info
 
     try:
         dataset_info(name)
@@ -76,7 +76,7 @@ def check_dataset(name: str) -> str:
 
 def check_shift(name: str) -> str:
     """A shift preset (``out_of_support``, ``tint_p=0.7``, ``label_p=0.25``, ...) or an existing spec file."""
-    from lib.specs import get_spec
+    from askshift.lib.data.specs import get_spec
 
     if name.lower().endswith((".yaml", ".yml", ".json")):
         if not Path(name).expanduser().is_file():
@@ -92,7 +92,7 @@ def check_shift(name: str) -> str:
 
 def check_model(name: str) -> str:
     """A model name some family can build (``cnn:small``, ``timm:resnet18``, ``clip:ViT-B-32``), without building it."""
-    from lib.models import check_model_name
+    from askshift.lib.models.families import check_model_name
 
     try:
         check_model_name(name)
@@ -101,5 +101,6 @@ def check_model(name: str) -> str:
     return name
 
 
-__all__ = ["DATASET_PATTERN", "DATASET_SCHEMA", "FinetunePreset", "MODEL_PATTERN", "MODEL_SCHEMA", "SHIFT_PATTERN",
-           "SHIFT_SCHEMA", "Strategy", "check_dataset", "check_model", "check_shift"]
+# The *_PATTERN / *_SCHEMA names come from the module __getattr__ above (built on first use).
+__all__ = ["DATASET_PATTERN", "DATASET_SCHEMA", "FinetunePreset", "MODEL_PATTERN", "MODEL_SCHEMA",  # noqa: F822
+           "SHIFT_PATTERN", "SHIFT_SCHEMA", "Strategy", "check_dataset", "check_model", "check_shift"]  # noqa: F822

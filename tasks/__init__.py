@@ -1,7 +1,7 @@
 """askshift.tasks: Prefect tasks, one unit of expensive work each (train one model, predict one split...)."""
 import logging
 
-from lib.env import apply_safe_defaults
+from askshift.env import apply_safe_defaults
 
 apply_safe_defaults()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lib.specs import ExperimentSpec
-from tasks.retry import retry_if_transient
+from askshift.lib.data.specs import ExperimentSpec
+from askshift.tasks.retry import retry_if_transient
 
 
 # Caching is the .beton cache's own (files named by a hash of their inputs, checked before reuse),
@@ -15,7 +15,7 @@ from tasks.retry import retry_if_transient
       task_run_name="write {split} of {spec.name}")
 def write_split(spec: ExperimentSpec, split: str, cache_dir: str) -> dict:
     """Write (or reuse) the .beton behind ``split`` of ``spec``; returns its path and sizes."""
-    from lib.loaders import split_beton, split_info
+    from askshift.lib.data.loaders import split_beton, split_info
 
     logger = get_run_logger()
     _, beton = split_beton(spec, split, cache_dir)

@@ -4,18 +4,18 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lib.cluster import GPU_TAG
-from lib.finetune import FinetuneRun
-from lib.pretrain import PretrainConfig
-from lib.store import Store
-from tasks.retry import retry_if_transient
+from askshift.lib.models.finetune import FinetuneRun
+from askshift.lib.models.pretrain import PretrainConfig
+from askshift.lib.store import Store
+from askshift.tasks.retry import retry_if_transient
+from askshift.tasks.tags import GPU_TAG
 
 
 @task(name="pretrain on glyphs", retries=1, cache_policy=NO_CACHE, tags=[GPU_TAG],
       retry_condition_fn=retry_if_transient, task_run_name="pretrain {config.model} on glyphs")
 def pretrain_checkpoint(config: PretrainConfig, out: str, device: str = "cpu") -> str:
     """Build (or reuse, when ``out`` was made with the same config) the local stand-in pre-trained checkpoint."""
-    from lib.pretrain import pretrain
+    from askshift.lib.models.pretrain import pretrain
 
     logger = get_run_logger()
     device = "cuda" if device == "auto" and _cuda() else ("cpu" if device == "auto" else device)
@@ -42,7 +42,7 @@ def finetune_one(
     eval_batch_size: int = 512,
 ) -> dict:
     """Train one fine-tuning run (or skip it when done); returns its id, model id and reference-val accuracy."""
-    from lib.finetune import finetune_run
+    from askshift.lib.models.finetune import finetune_run
 
     logger = get_run_logger()
     exp = Store(store).experiment(experiment)
@@ -68,8 +68,8 @@ def dfr_one(
     num_workers: int = 1,
 ) -> str:
     """Refit the last layer of a registered model on ``split`` with group-balanced weights; registers the result."""
-    from lib.finetune import dfr_registered_model
-    from lib.specs import get_spec
+    from askshift.lib.data.specs import get_spec
+    from askshift.lib.models.finetune import dfr_registered_model
 
     exp = Store(store).experiment(experiment)
     spec = get_spec(shift, dataset=dataset, root=root)

@@ -4,9 +4,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lib.cluster import GPU_TAG
-from lib.store import Store
-from tasks.retry import retry_if_transient
+from askshift.lib.store import Store
+from askshift.tasks.retry import retry_if_transient
+from askshift.tasks.tags import GPU_TAG
 
 
 def _run_name() -> str:
@@ -37,8 +37,8 @@ def predict_split(
     amp: str = "none",
 ) -> list[str]:
     """Predict the registered ``model_ids`` on ``split`` of the (dataset, shift) spec; returns Parquet paths."""
-    from lib.evaluation import predict_to_store
-    from lib.specs import get_spec
+    from askshift.lib.data.specs import get_spec
+    from askshift.lib.models.evaluation import predict_to_store
 
     exp = Store(store).experiment(experiment)
     todo = [m for m in model_ids if not exp.has_predictions(m, split)]

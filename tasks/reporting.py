@@ -183,7 +183,7 @@ def publish_markdown(key: str, markdown: str, base_dir: str | None = None, descr
     """Create a markdown artifact; images linked relative to ``base_dir`` are embedded as base64 data URIs."""
     from prefect.artifacts import create_markdown_artifact
 
-    from lib.report import inline_images
+    from askshift.lib.report.markdown import inline_images
 
     key = artifact_key(key)
     if base_dir is not None:

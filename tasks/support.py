@@ -9,10 +9,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lib.domain_classifier import DomainSetup, domain_images, fit_and_score, load_domain_data
-from lib.store import ExperimentStore, Store, atomic_write_parquet
-from lib.support import auroc, fold_plan, tuning_fold
-from tasks.retry import retry_if_transient
+from askshift.lib.store import ExperimentStore, Store, atomic_write_parquet
+from askshift.lib.support.classifier import DomainSetup, domain_images, fit_and_score, load_domain_data
+from askshift.lib.support.ratios import auroc, fold_plan, tuning_fold
+from askshift.tasks.retry import retry_if_transient
 
 
 def _scores_done(exp: ExperimentStore, run_id: str):

@@ -1,13 +1,13 @@
-"""Prefect task "train one model": a content-addressed, resumable training run of lib.training."""
+"""Prefect task "train one model": a content-addressed, resumable training run of askshift.lib.models.training."""
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lib.cluster import GPU_TAG
-from lib.store import Store
-from lib.training import RunConfig, train_run
-from tasks.retry import retry_if_transient
+from askshift.lib.models.training import RunConfig, train_run
+from askshift.lib.store import Store
+from askshift.tasks.retry import retry_if_transient
+from askshift.tasks.tags import GPU_TAG
 
 
 def _run_name() -> str:

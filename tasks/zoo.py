@@ -4,9 +4,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lib.specs import ExperimentSpec
-from lib.store import Store
-from tasks.retry import retry_if_transient
+from askshift.lib.data.specs import ExperimentSpec
+from askshift.lib.store import Store
+from askshift.tasks.retry import retry_if_transient
 
 
 @task(name="predict one zoo model", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
@@ -21,16 +21,16 @@ def predict_zoo_model(store: str, experiment: str, model: str, split: str, spec:
     Images are read as timm's evaluation transform of the model says (photos: centre crop with its crop_pct at its
     resolution, or ``resolution``; same-size arrays as stored, resized only to ``resolution``).  When the shifted sets
     (``targets``, default every target of the spec) cover only some classes (ImageNet-R), predictions on every split
-    are taken among those classes and only the examples of those classes are kept (``lib.class_subset.among_classes``).
+    are taken among those classes and only the examples of those classes are kept (``askshift.lib.data.class_subset.among_classes``).
     """
     import numpy as np
 
-    from lib.class_subset import among_classes, spec_class_subset
-    from lib.evaluation import predict
-    from lib.loaders import LoaderConfig, split_info, split_loader
-    from lib.models import timm_transform
-    from lib.paper_zoo import load_zoo_model
-    from lib.transforms import decoding
+    from askshift.lib.data.class_subset import among_classes, spec_class_subset
+    from askshift.lib.data.loaders import LoaderConfig, split_info, split_loader
+    from askshift.lib.data.transforms import decoding
+    from askshift.lib.models.evaluation import predict
+    from askshift.lib.models.families import timm_transform
+    from askshift.lib.robustness.paper_zoo import load_zoo_model
 
     exp = Store(store).experiment(experiment)
     if exp.has_predictions(model, split):

@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import norm
 
-from lib.store import ExperimentStore
+from askshift.lib.store import ExperimentStore
 
 N_EXAMPLES = 400
 N_CLASSES = 4

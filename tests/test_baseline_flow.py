@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from flows.cli import main as cli_main
+from askshift.cli.main import main as cli_main
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def beton_cache(tmp_path_factory):
 
 
 def tiny_config(store, cache_dir, **overrides):
-    from flows.baseline import BaselineConfig
+    from askshift.flows.baseline import BaselineConfig
 
     settings = dict(dataset="digits", shift="tint_p=0.5", store=str(store), cache_dir=cache_dir, model="cnn:tiny",
                     epochs=2, train_fractions=(1.0, 0.5), batch_size=64, device="cpu")
@@ -31,12 +31,12 @@ def mtimes(folder):
 
 @pytest.mark.slow
 def test_baseline_flow_trains_predicts_and_reports_then_reruns_without_recomputing(prefect_api, tmp_path, beton_cache):
-    from flows.baseline import synthetic_shift_baseline
+    from askshift.flows.baseline import synthetic_shift_baseline
 
     config = tiny_config(tmp_path / "store", beton_cache)
     exp_dir = synthetic_shift_baseline(config)
     assert exp_dir.endswith("digits-tint_p=0.5")
-    from lib.store import Store
+    from askshift.lib.store import Store
 
     exp = Store(tmp_path / "store").experiment("digits-tint_p=0.5")
     models = exp.models()
@@ -85,8 +85,8 @@ def test_invalid_baseline_settings_fail_with_one_line_before_any_compute(tmp_pat
 
 
 def test_config_file_is_read_and_flags_override_it(tmp_path):
-    from flows.commands.run_baseline import build_config
-    from flows.cli import build_parser
+    from askshift.cli.commands.run_baseline import build_config
+    from askshift.cli.main import build_parser
 
     config_file = tmp_path / "baseline.yaml"
     config_file.write_text("epochs: 9\ntrain_fractions: [1.0, 0.3]\nmodel: cnn:tiny\nlr: 0.01\n")
@@ -138,7 +138,7 @@ def test_baseline_runs_cover_widths_fractions_and_seeds_with_unique_model_ids(tm
 
 
 def test_label_shift_presets_double_baseline_epochs_and_kept_epochs(tmp_path):
-    from lib.specs import get_spec
+    from askshift.lib.data.specs import get_spec
 
     factor = get_spec("label_p=0.2").baseline_epochs_factor
     assert factor == 2
@@ -147,7 +147,7 @@ def test_label_shift_presets_double_baseline_epochs_and_kept_epochs(tmp_path):
 
 
 def test_train_fraction_subsets_are_seeded_sorted_and_in_range():
-    from lib.training import subset_indices
+    from askshift.lib.models.training import subset_indices
 
     a = subset_indices(1000, 0.25, seed=0)
     assert len(a) == 250 and (a == subset_indices(1000, 0.25, seed=0)).all()
@@ -164,17 +164,17 @@ def test_train_fraction_subsets_are_seeded_sorted_and_in_range():
 def test_train_task_retry_resumes_from_the_last_epoch_checkpoint(prefect_api, tmp_path, beton_cache, monkeypatch):
     from prefect import flow
 
-    import lib.loaders
-    from lib.store import Store
-    from lib.training import RunConfig, TrainConfig, checkpoint_path
-    from tasks.training import train_one_model
+    import askshift.lib.data.loaders
+    from askshift.lib.models.training import RunConfig, TrainConfig, checkpoint_path
+    from askshift.lib.store import Store
+    from askshift.tasks.training import train_one_model
 
     run = RunConfig(shift="tint_p=0.5", architecture="cnn:tiny", train_fraction=0.25,
                     train=TrainConfig(epochs=2, batch_size=64, lr=1e-2))
     exp = Store(tmp_path / "store").experiment("retry")
     first_checkpoint = checkpoint_path(exp.checkpoint_dir(run.run_id()), 1)
     seen = {}
-    original_iter = lib.loaders.SplitLoader.__iter__
+    original_iter = askshift.lib.data.loaders.SplitLoader.__iter__
 
     def failing_iter(self):
         # The first attempt dies in epoch 2, after epoch 1's checkpoint was written.
@@ -183,7 +183,7 @@ def test_train_task_retry_resumes_from_the_last_epoch_checkpoint(prefect_api, tm
             raise ConnectionResetError("worker lost")  # transient: the kind a retry can fix
         return original_iter(self)
 
-    monkeypatch.setattr(lib.loaders.SplitLoader, "__iter__", failing_iter)
+    monkeypatch.setattr(askshift.lib.data.loaders.SplitLoader, "__iter__", failing_iter)
 
     @flow
     def one_training():

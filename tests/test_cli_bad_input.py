@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flows.cli import error_line, main
+from askshift.cli.main import error_line, main
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -178,7 +178,7 @@ def test_bad_data_files_and_folders_are_one_line_before_anything_is_written(make
 def test_decodable_images_are_remembered_so_a_rerun_checks_only_new_or_changed_files(tmp_path):
     from photo_fixtures import add_corrupt_jpeg, image_files
 
-    from lib.image_check import unreadable_images
+    from askshift.lib.data.image_check import unreadable_images
 
     root = _photos(tmp_path)
     files = image_files(root)

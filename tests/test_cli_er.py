@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lib.er import effective_robustness
+from askshift.lib.robustness.er import effective_robustness
 
 COLUMNS = ["model", "group", "reference_accuracy", "shifted_accuracy", "predicted_shifted_accuracy",
            "effective_robustness", "er_lower", "er_upper"]

@@ -13,9 +13,9 @@ import pytest
 from prefect import flow, tags, task
 from pydantic import BaseModel, Field, ValidationError
 
-from lib.datasets import DatasetLayoutError
-from lib.registry import UnknownNameError
-from tasks.retry import is_transient_error, retry_if_transient
+from askshift.lib.data.datasets import DatasetLayoutError
+from askshift.lib.registry import UnknownNameError
+from askshift.tasks.retry import is_transient_error, retry_if_transient
 
 
 def _validation_error() -> ValidationError:
@@ -117,11 +117,11 @@ def test_every_task_with_retries_retries_only_transient_errors():
 
     from prefect import Task
 
-    import flows
-    import tasks
+    import askshift.flows
+    import askshift.tasks
 
     found = []
-    for package in (tasks, flows):
+    for package in (askshift.tasks, askshift.flows):
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             module = importlib.import_module(info.name)
             found += [v for v in vars(module).values() if isinstance(v, Task) and v.retries]
@@ -175,7 +175,7 @@ def _load_then_predict() -> None:
 
 
 def test_failure_line_names_the_failed_task_not_its_downstreams_unfinished_run(prefect_api):
-    from flows.commands.run import failure_line
+    from askshift.cli.commands.run import failure_line
 
     tag = "askshift-cli-test-upstream"
     with tags(tag):
@@ -187,7 +187,7 @@ def test_failure_line_names_the_failed_task_not_its_downstreams_unfinished_run(p
 
 
 def test_failure_line_of_a_flow_that_fails_outside_any_task_names_the_flow_run(prefect_api):
-    from flows.commands.run import failure_line
+    from askshift.cli.commands.run import failure_line
 
     @flow(name="no-tasks", flow_run_name="no tasks here")
     def no_tasks() -> None:
@@ -209,9 +209,9 @@ def _block_run_folder(store) -> tuple[str, str]:
     """Put a regular file where the baseline's one training run keeps its folder: the CLI's checks pass (the store
     is a writable folder), the .beton files are written, and "train one model" fails with FileExistsError, which no
     retry can fix.  Returns (the file, the training task run's name)."""
-    from flows.baseline import BaselineConfig
-    from lib.specs import get_spec
-    from lib.store import Store
+    from askshift.flows.baseline import BaselineConfig
+    from askshift.lib.data.specs import get_spec
+    from askshift.lib.store import Store
 
     config = BaselineConfig(dataset="digits", store=str(store), epochs=1, train_fractions=(1.0,), seeds=(0,),
                             device="cpu")

@@ -8,7 +8,7 @@ import time
 import pytest
 from prefect import flow, task
 
-from flows.backends import dask_task_runner, make_task_runner
+from askshift.flows.backends import dask_task_runner, make_task_runner
 
 
 @task
@@ -28,7 +28,7 @@ def test_dask_backend_runs_tasks_in_worker_processes_that_use_the_flows_api(pref
     seen = probe_workers.with_options(task_runner=runner)(2)
     assert {s["pid"] for s in seen} and os.getpid() not in {s["pid"] for s in seen}
     assert {s["api"] for s in seen} == {prefect_api}
-    # flows.worker_setup restored fork, which FFCV's dataset writer relies on.
+    # askshift.flows.worker_setup restored fork, which FFCV's dataset writer relies on.
     assert {s["start_method"] for s in seen} == {"fork"}
 
 
@@ -46,14 +46,14 @@ def nested_probe() -> dict:
 
 @flow
 def caller_with_a_nested_flow() -> dict:
-    from flows.backends import on_caller_backend
+    from askshift.flows.backends import on_caller_backend
 
     nested = on_caller_backend(nested_probe)()  # before the caller submitted anything itself
     return {"nested": nested, "caller": scheduler_of_my_worker.submit().result()}
 
 
 def test_a_nested_flow_runs_its_tasks_on_the_callers_dask_cluster(prefect_api, monkeypatch):
-    from flows.backends import on_caller_backend
+    from askshift.flows.backends import on_caller_backend
 
     monkeypatch.setenv("ASKSHIFT_WORKER_WARM_IMPORTS", "")
     seen = caller_with_a_nested_flow.with_options(task_runner=make_task_runner("dask", dask_workers=1))()

@@ -2,7 +2,7 @@
 every deployment takes the typed `execution` parameter."""
 from __future__ import annotations
 
-from flows.deployments import read_deployment_specs, load_flow, runner_deployments
+from askshift.flows.deployments import load_flow, read_deployment_specs, runner_deployments
 
 # Deployment -> its entry flow (flows/deployed.py), which runs the askshift flow named second on a chosen backend.
 EXPECTED = {
@@ -19,7 +19,7 @@ EXPECTED = {
 def test_prefect_yaml_declares_a_deployment_per_flow_on_the_process_pool():
     import yaml
 
-    from flows.deployments import PREFECT_YAML
+    from askshift.flows.deployments import PREFECT_YAML
 
     data = yaml.safe_load(PREFECT_YAML.read_text())
     assert {d["name"]: d["entrypoint"] for d in data["deployments"]} == {k: v[0] for k, v in EXPECTED.items()}
@@ -38,14 +38,15 @@ def test_example_schedules_are_inactive_and_entrypoints_do_not_depend_on_the_wor
     assert not skipped
     schedules = [s for d in deployments for s in d.schedules]
     assert schedules and not any(s.active for s in schedules)
-    assert all(d.entrypoint.startswith("flows.") and ".py" not in d.entrypoint for d in deployments)
+    assert all(d.entrypoint.startswith("askshift.flows.") and ".py" not in d.entrypoint for d in deployments)
 
 
 def test_every_entry_flow_takes_the_target_flows_parameters_plus_execution_in_source_and_imported_schemas():
-    import flows.deployed
     from prefect.utilities.callables import parameter_schema, parameter_schema_from_entrypoint
 
-    targets = {f.name: f for f in vars(flows.deployed).values() if hasattr(f, "fn") and hasattr(f, "name")}
+    import askshift.flows.deployed
+
+    targets = {f.name: f for f in vars(askshift.flows.deployed).values() if hasattr(f, "fn") and hasattr(f, "name")}
     for spec in read_deployment_specs():
         flow = load_flow(spec)
         target = targets[EXPECTED[spec.name][1]]

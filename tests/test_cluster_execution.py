@@ -8,8 +8,8 @@ import pytest
 from conftest import PROBE, REPO
 from prefect.exceptions import ParameterTypeError
 
-from flows.deployed import run_report
-from flows.execution import Execution
+from askshift.flows.deployed import run_report
+from askshift.flows.execution import Execution
 
 
 def _execution_error(tmp_path, execution: dict) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.cluster import (
+from askshift.flows.cluster import (
     ClusterProfile,
     ClusterProfileError,
     explain_sbatch_error,
@@ -41,7 +41,7 @@ def test_cpu_profile_job_script_has_no_gpu_request_and_exports_no_telemetry():
     assert not any("gres" in d or "gpu" in d for d in directives)
     command = _worker_command(script)
     assert "--resources" not in command and "--interface lo" in command
-    assert "--preload flows.worker_setup" in command
+    assert "--preload askshift.flows.worker_setup" in command
     for line in ("export DO_NOT_TRACK=1", "export PREFECT_SERVER_ANALYTICS_ENABLED=false",
                  "export PREFECT_API_URL=http://127.0.0.1:9999/api"):
         assert line in script.splitlines()
@@ -100,7 +100,7 @@ def test_invalid_profiles_are_rejected_naming_the_field(tmp_path, fields, field_
 
 
 def test_walltime_is_read_as_sbatch_reads_it():
-    from lib.cluster import walltime_seconds
+    from askshift.flows.cluster import walltime_seconds
 
     assert walltime_seconds("30:00") == 30 * 60
     assert walltime_seconds("04:00:00") == 4 * 3600

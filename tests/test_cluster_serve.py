@@ -13,7 +13,7 @@ import httpx
 import pytest
 from conftest import LOCAL_PROFILE, PROBE, slurm_dir
 
-from flows.server import free_port
+from askshift.flows.server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ def test_local_cluster_script_is_idempotent_and_reports_an_idle_node(slurm_clust
 
 
 def test_local_profile_is_accepted_by_sbatch(slurm_cluster):
-    from lib.cluster import check_submission, load_profile
+    from askshift.flows.cluster import check_submission, load_profile
 
     assert "to start" in check_submission(load_profile(LOCAL_PROFILE))
 
@@ -74,8 +74,8 @@ def _cancel_training_job_after_first_epoch(probe_dir: Path, store: Path, cancell
 @pytest.fixture(scope="module")
 def preempted_baseline(slurm_cluster, prefect_api, tmp_path_factory, monkeypatch_module):
     """Run the baseline flow on digits (tiny) with --backend slurm; cancel the training job after one epoch."""
-    from flows.backends import make_task_runner
-    from flows.baseline import BaselineConfig, synthetic_shift_baseline
+    from askshift.flows.backends import make_task_runner
+    from askshift.flows.baseline import BaselineConfig, synthetic_shift_baseline
 
     base = tmp_path_factory.mktemp("slurm-baseline")
     store, probe_dir = base / "store", base / "probe"
@@ -96,8 +96,8 @@ def preempted_baseline(slurm_cluster, prefect_api, tmp_path_factory, monkeypatch
     started = time.time()
     # The .beton files are written here first (as a re-run would find them), so the worker jobs spend their time
     # on the training and prediction tasks this test is about.
-    from lib.loaders import split_beton
-    from lib.specs import get_spec
+    from askshift.lib.data.loaders import split_beton
+    from askshift.lib.data.specs import get_spec
 
     spec = get_spec(config.shift, dataset=config.dataset)
     for split in spec.splits():
@@ -146,7 +146,7 @@ def test_cancelled_worker_job_is_replaced_and_training_resumes_from_its_checkpoi
     jobs = [r["job"] for r in train_starts]
     assert len(jobs) >= 2 and jobs[0] == cancelled["job"] and jobs[-1] != cancelled["job"], jobs
 
-    from lib.store import Store
+    from askshift.lib.store import Store
 
     exp = Store(result["store"]).experiment(Path(result["state"].result()).name)
     (run,) = result["config"].runs()
@@ -169,7 +169,7 @@ def test_cancelled_worker_job_is_replaced_and_training_resumes_from_its_checkpoi
 
 def _worker_logs(jobs: set[str]) -> list[str]:
     """Log lines the worker jobs wrote (their stdout/stderr files in the profile's log_directory)."""
-    from lib.cluster import load_profile
+    from askshift.flows.cluster import load_profile
 
     folder = Path(load_profile(LOCAL_PROFILE).log_directory)
     lines: list[str] = []

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from lib.beton import BetonOptions, check_beton, ensure_beton, sidecar
-from lib.loaders import LoaderConfig, split_info, split_loader
-from lib.shifts import make_shift
-from lib.specs import DistributionSpec, ExperimentSpec
+from askshift.lib.data.beton import BetonOptions, check_beton, ensure_beton, sidecar
+from askshift.lib.data.loaders import LoaderConfig, split_info, split_loader
+from askshift.lib.data.shifts import make_shift
+from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
 
 N_TRAIN, N_VAL, SIZE, CLASSES = 48, 20, 8, 4
 
@@ -121,7 +121,7 @@ def _epochs(loader, n: int) -> list[list[tuple[torch.Tensor, ...]]]:
 
 
 def test_a_pooled_loader_reused_for_other_examples_and_seed_yields_what_a_fresh_one_yields(arrays, cache, monkeypatch):
-    from lib.loaders import LOADER_POOL
+    from askshift.lib.data.loaders import LOADER_POOL
 
     path, _ = arrays
     spec = _spec(path)
@@ -167,7 +167,7 @@ def test_jpg_beton_with_crop_decoder_resizes_and_evaluates_center_crop(arrays, c
 
 
 def test_cli_data_write_prints_path_and_record_count(arrays, tmp_path, capsys):
-    from flows.cli import main
+    from askshift.cli.main import main
 
     path, _ = arrays
     assert main(["data", "write", "npz", "--split", "val", "--root", str(path), "--out", str(tmp_path), "--num-workers", "1"]) == 0
@@ -178,7 +178,7 @@ def test_cli_data_write_prints_path_and_record_count(arrays, tmp_path, capsys):
 
 
 def test_cli_lists_datasets_and_shifts(capsys):
-    from flows.cli import main
+    from askshift.cli.main import main
 
     assert main(["datasets"]) == 0
     listing = capsys.readouterr().out

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.datasets import DATASETS, DatasetLayoutError, imagenet_wnids, load_dataset
-from lib.registry import UnknownNameError
+from askshift.lib.data.datasets import DATASETS, DatasetLayoutError, imagenet_wnids, load_dataset
+from askshift.lib.registry import UnknownNameError
 
 RNG = np.random.default_rng(0)
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from lib.loaders import kept_examples
-from lib.registry import UnknownNameError
-from lib.shifts import SHIFTS, class_colours, make_shift
-from lib.specs import PRESETS, DistributionSpec, ExperimentSpec, get_spec, load_spec, minority_classes
+from askshift.lib.data.loaders import kept_examples
+from askshift.lib.data.shifts import SHIFTS, class_colours, make_shift
+from askshift.lib.data.specs import PRESETS, DistributionSpec, ExperimentSpec, get_spec, load_spec, minority_classes
+from askshift.lib.registry import UnknownNameError
 
 NUM_CLASSES = 5
 SHIFT_PARAMS = {

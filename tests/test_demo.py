@@ -11,7 +11,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lib.demo import DEFAULT_SHIFTS, DemoConfig, Progress, er_table, format_duration, shift_reading, summary_lines
+from askshift.flows.demo_config import (
+    DEFAULT_SHIFTS,
+    DemoConfig,
+    Progress,
+    er_table,
+    format_duration,
+    shift_reading,
+    summary_lines,
+)
 
 QUICK_SHIFTS = {"unseen_tint": "out", "vflip": "out", "tint_p=0.5": "in", "label_p=0.2": "in",
                 "mixed/in_support": "in", "mixed/out_of_support": "out"}
@@ -96,7 +104,7 @@ def test_quick_demo_end_to_end_writes_report_tables_artifacts_and_ends_with_the_
     assert (store / "demo" / "tables" / "demo_models.parquet").exists()
 
     # Keys: demo-report, demo-er, demo-result; a store other than ./askshift-store adds its hash (demo-3f9a1c-...).
-    from flows.demo import demo_key
+    from askshift.flows.demo import demo_key
 
     stem = demo_key(str(store))
     assert stem != "demo" and stem.startswith("demo-")
@@ -226,8 +234,8 @@ def test_progress_eta_grows_from_finished_runs_and_counts_done_markers(tmp_path)
 def test_mixed_shift_is_a_function_of_the_seed_and_keeps_a_reference_validation_split(tmp_path):
     import numpy as np
 
-    from flows.demo import build_mixed_shift
-    from lib.specs import load_spec
+    from askshift.flows.demo import build_mixed_shift
+    from askshift.lib.data.specs import load_spec
 
     def arrays(store, seed):
         files = build_mixed_shift.fn(DemoConfig.make(quick=True, seed=seed, store=str(store)))

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from lib.demo_seeds import mean_interval, parse_seeds, seeds_lines, seeds_table
+from askshift.lib.report.demo_seeds import mean_interval, parse_seeds, seeds_lines, seeds_table
 
 
 def _table(seed: int, er: dict[tuple[str, str, str], tuple[float, str]]) -> pl.DataFrame:
@@ -61,7 +61,7 @@ def test_bad_seed_lists_are_refused_with_the_rule(text, words):
 
 
 def test_demo_seeds_flag_errors_are_one_line_before_anything_runs(tmp_path, capsys):
-    from flows.cli import main
+    from askshift.cli.main import main
 
     assert main(["demo", "--seeds", "0,-1", "--store", str(tmp_path / "s")]) == 2
     assert "--seeds" in capsys.readouterr().err
@@ -71,7 +71,7 @@ def test_demo_seeds_flag_errors_are_one_line_before_anything_runs(tmp_path, caps
 
 
 def test_the_papers_strong_tint_exception_is_expected_to_help():
-    from lib.demo import DEFAULT_SHIFTS
+    from askshift.flows.demo_config import DEFAULT_SHIFTS
 
     paper = {s.name: s.paper_helped for s in DEFAULT_SHIFTS}
     assert paper == {"unseen_tint": True, "vflip": True, "tint_p=0.5": False, "label_p=0.2": False, "tint_p=0.9": True}

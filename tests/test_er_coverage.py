@@ -10,7 +10,7 @@ top ([0.8, 0.9], where pre-trained models sit); each model deviates from the lin
   i.e. the group's true mean ER given where its models sit (about 0: the group is on the line).
 
 The group interval is ``ERResult.groups``' (the group mean's); the per-model interval is ``binomial=True``'s.
-Both are computed by ``lib.er.er_arrays``, the vectorised form of ``effective_robustness`` (checked equal on
+Both are computed by ``askshift.lib.robustness.er.er_arrays``, the vectorised form of ``effective_robustness`` (checked equal on
 tables below).  Run ``python tests/test_er_coverage.py`` for the table over the full grid.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import polars as pl
 import pytest
 from scipy import special
 
-from lib.er import effective_robustness, er_arrays
+from askshift.lib.robustness.er import effective_robustness, er_arrays
 
 SLOPE, INTERCEPT = 1.0, -0.5
 BASELINE_RANGE = (0.5, 0.9)

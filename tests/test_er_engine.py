@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from lib.er import (
+from askshift.lib.robustness.er import (
     ERInputError,
     accuracy_pairs,
     aggregate_copies,
@@ -362,7 +362,7 @@ def test_unknown_scale_and_bad_fit_range_are_input_errors():
 
 
 def test_example_bootstrap_resamples_the_same_examples_for_every_model():
-    from lib.er import example_bootstrap
+    from askshift.lib.robustness.er import example_bootstrap
 
     rng = np.random.default_rng(16)
     n_base, n_ex = 12, 400

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lib.evaluation import predict_to_store
-from lib.loaders import LOADER_POOL, LoaderConfig, split_loader
-from lib.models import build_model
-from lib.specs import DistributionSpec, ExperimentSpec
-from lib.store import Store, atomic_save_torch
+from askshift.lib.data.loaders import LOADER_POOL, LoaderConfig, split_loader
+from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
+from askshift.lib.models.evaluation import predict_to_store
+from askshift.lib.models.families import build_model
+from askshift.lib.store import Store, atomic_save_torch
 
 N, SIZE, CLASSES = 30, 8, 3
 

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import torch
 
-from lib.finetune import dfr_registered_model
-from lib.models import build_model
-from lib.store import ExperimentStore, atomic_save_torch
+from askshift.lib.models.families import build_model
+from askshift.lib.models.finetune import dfr_registered_model
+from askshift.lib.store import ExperimentStore, atomic_save_torch
 
 
 def spurious_npz(path, n=240, majority=0.9, seed=0):
@@ -37,8 +37,8 @@ def spurious_npz(path, n=240, majority=0.9, seed=0):
 
 
 def test_dfr_registers_a_refitted_head_that_keeps_the_backbone(tmp_path):
-    from lib.specs import get_spec
-    from lib.store import load_torch
+    from askshift.lib.data.specs import get_spec
+    from askshift.lib.store import load_torch
 
     root = spurious_npz(tmp_path / "spurious.npz")
     spec = get_spec("out_of_support", dataset="npz", root=str(root))

@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 import torch
 
-from lib.finetune import FinetuneHparams
-from lib.pretrain import CHARACTERS, PretrainConfig, make_corpus, pretrain
-from lib.store import Store, read_json
+from askshift.lib.models.finetune import FinetuneHparams
+from askshift.lib.models.pretrain import CHARACTERS, PretrainConfig, make_corpus, pretrain
+from askshift.lib.store import Store, read_json
 
 # Two threads on a busy 2-core machine are slower than one (thread contention); subprocesses get the same.
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -40,7 +40,7 @@ def test_glyph_corpus_is_deterministic_colourful_and_has_no_digits():
 
 
 def test_pretrain_writes_a_checkpoint_cnn_models_load_and_reuses_it(tmp_path):
-    from lib.models import build_model
+    from askshift.lib.models.families import build_model
 
     messages: list[str] = []
     first = pretrain(TINY_PRETRAIN, tmp_path / "pre.pt", progress=messages.append)
@@ -50,7 +50,7 @@ def test_pretrain_writes_a_checkpoint_cnn_models_load_and_reuses_it(tmp_path):
     assert again.cached
     model = build_model("cnn:small", 10, pretrained=str(first.path))
     reference = build_model("cnn:small", 36)
-    from lib.store import load_torch
+    from askshift.lib.store import load_torch
 
     reference.load_state_dict(load_torch(first.path)["model"])
     model.eval(), reference.eval()
@@ -60,7 +60,7 @@ def test_pretrain_writes_a_checkpoint_cnn_models_load_and_reuses_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def finetuned(prefect_api, tmp_path_factory):
-    from flows.finetune import FinetuneConfig, pretrained_finetune
+    from askshift.flows.finetune import FinetuneConfig, pretrained_finetune
 
     store = tmp_path_factory.mktemp("store")
     config = FinetuneConfig(
@@ -117,7 +117,7 @@ def test_finetune_flow_selects_lrs_trains_copies_predicts_and_reports_er(finetun
 
 @pytest.mark.slow
 def test_a_finished_finetune_run_is_not_trained_again(finetuned):
-    from lib.finetune import finetune_run, plan_run
+    from askshift.lib.models.finetune import finetune_run, plan_run
 
     config, result, _ = finetuned
     exp = Store(config.store).experiment(Path(result["experiment"]).name)
@@ -147,7 +147,7 @@ def test_cli_run_finetune_as_written_reuses_finished_runs_and_prints_the_experim
 
 @pytest.mark.slow
 def test_hparam_ablation_reports_er_per_value_around_the_selected_config(finetuned):
-    from flows.finetune import AblationConfig, hparam_ablation
+    from askshift.flows.finetune import AblationConfig, hparam_ablation
 
     config, result, _ = finetuned
     base = config.model_copy(update={"strategies": ("ft",)})
@@ -170,7 +170,7 @@ def test_hparam_ablation_reports_er_per_value_around_the_selected_config(finetun
     (["--models", "cnn:smal"], "Did you mean 'small'"),
 ])
 def test_cli_bad_inputs_fail_with_one_line_before_training(tmp_path, capsys, extra, message):
-    from flows.cli import main
+    from askshift.cli.main import main
 
     assert main(["run", "finetune", "--store", str(tmp_path / "store"), *extra]) == 2
     lines = capsys.readouterr().err.strip().splitlines()

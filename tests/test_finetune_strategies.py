@@ -1,4 +1,4 @@
-"""Fine-tuning strategies, LR selection, DFR and input validation (lib.finetune), on tiny in-memory data."""
+"""Fine-tuning strategies, LR selection, DFR and input validation (askshift.lib.models.finetune), on tiny in-memory data."""
 from __future__ import annotations
 
 import math
@@ -8,14 +8,24 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from lib.finetune import (
-    PRESETS, STRATEGIES, FinetuneHparams, FinetuneInputError, apply_dfr, build_initial_model, extract_features,
-    final_checkpoint, fit_dfr, group_balanced_weights, plan_run, select_best_lr, validate_finetune,
+from askshift.lib.models.families import Classifier, build_model
+from askshift.lib.models.finetune import (
+    PRESETS,
+    STRATEGIES,
+    FinetuneHparams,
+    FinetuneInputError,
+    apply_dfr,
+    build_initial_model,
+    extract_features,
+    final_checkpoint,
+    fit_dfr,
+    group_balanced_weights,
+    plan_run,
+    select_best_lr,
+    validate_finetune,
 )
-from lib.models import Classifier, build_model
-from lib.store import ExperimentStore, atomic_save_torch
-from lib.training import TrainConfig, train_model
-
+from askshift.lib.models.training import TrainConfig, train_model
+from askshift.lib.store import ExperimentStore, atomic_save_torch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -228,8 +238,8 @@ def test_zs_ft_starts_from_the_clip_zero_shot_head_of_the_dataset_class_names(tm
 
 
 def test_weights_that_need_an_unreachable_hub_are_refused_before_training(monkeypatch, pretrained_file):
-    from lib.finetune import check_weights
-    from lib.models import PretrainedUnavailable
+    from askshift.lib.models.families import PretrainedUnavailable
+    from askshift.lib.models.finetune import check_weights
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PretrainedUnavailable, match="--pretrained PATH"):

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-from lib.metrics import (
+from askshift.lib.robustness.metrics import (
     METRICS,
     accuracy,
     auroc,
@@ -17,7 +17,7 @@ from lib.metrics import (
     metrics_table,
     worst_group_accuracy,
 )
-from lib.store import ExperimentStore
+from askshift.lib.store import ExperimentStore
 
 
 def test_hand_computed_values_on_a_tiny_example():

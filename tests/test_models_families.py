@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from lib.models import MODEL_FAMILIES, PretrainedUnavailable, build_model
-from lib.registry import UnknownNameError
-from lib.store import atomic_save_torch
+from askshift.lib.models.families import MODEL_FAMILIES, PretrainedUnavailable, build_model
+from askshift.lib.registry import UnknownNameError
+from askshift.lib.store import atomic_save_torch
 
 TINY_CLIP = "askshift-test-tiny-clip"
 TINY_VIT = dict(patch_size=8, depth=1, embed_dim=32, num_heads=2)
@@ -156,7 +156,7 @@ def test_a_trained_classifier_checkpoint_reloads_with_identical_outputs(tmp_path
     model = build_model(name, 3, **options)
     _train_step(model)
     atomic_save_torch(tmp_path / "ckpt.pt", model.state_dict())
-    from lib.store import load_torch
+    from askshift.lib.store import load_torch
 
     again = build_model(name, 3, **options)
     again.load_state_dict(load_torch(tmp_path / "ckpt.pt"))

@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from photo_fixtures import (
+    SHAPES,
+    add_corrupt_jpeg,
+    add_empty_class,
+    convert_folder,
+    image_files,
+    invert_folder,
+    make_flat_folder,
+    make_imagefolder,
+    photo_image,
+)
 from PIL import Image
-
-from photo_fixtures import (SHAPES, add_corrupt_jpeg, add_empty_class, convert_folder, image_files, invert_folder,
-                            make_flat_folder, make_imagefolder, photo_image)
 
 
 def _pixels(path) -> np.ndarray:
@@ -119,7 +127,7 @@ def test_empty_class_and_flat_folder_have_the_layouts_they_name(tmp_path):
 
 
 def test_lib_reads_the_tree_as_an_imagefolder_with_shape_classes(jpeg_tree):
-    from lib.datasets import load_dataset
+    from askshift.lib.data.datasets import load_dataset
 
     train = load_dataset("imagefolder", "train", root=jpeg_tree)
     assert train.class_names == sorted(SHAPES[:4]) and len(train) == 24

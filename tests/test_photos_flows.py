@@ -8,7 +8,6 @@ import subprocess
 import polars as pl
 import pytest
 import torch
-
 from photo_fixtures import convert_folder, invert_folder, make_imagefolder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -67,8 +66,8 @@ def test_finetune_a_timm_resnet18_from_a_local_weights_file_at_its_own_input_siz
 def test_finetune_an_open_clip_model_from_a_local_checkpoint_with_zero_shot_head(prefect_api, photos, tmp_path):
     import open_clip
 
-    from flows.finetune import FinetuneConfig, pretrained_finetune
-    from lib.finetune import FinetuneHparams
+    from askshift.flows.finetune import FinetuneConfig, pretrained_finetune
+    from askshift.lib.models.finetune import FinetuneHparams
 
     folder = tmp_path / "configs"
     folder.mkdir()

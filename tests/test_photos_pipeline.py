@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from photo_fixtures import convert_folder, make_imagefolder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -19,7 +18,7 @@ def photos(tmp_path_factory):
 
 
 def test_model_transforms_come_from_timm_pretrained_cfg_open_clip_preprocess_and_a_cpu_default():
-    from lib.transforms import model_transform
+    from askshift.lib.data.transforms import model_transform
 
     resnet = model_transform("timm:resnet18")
     assert (resnet.resolution, resnet.crop_pct, resnet.interpolation) == (224, 0.95, "bicubic")
@@ -33,7 +32,7 @@ def test_model_transforms_come_from_timm_pretrained_cfg_open_clip_preprocess_and
 
 
 def test_photo_datasets_get_crops_at_the_model_resolution_and_arrays_stay_as_stored():
-    from lib.transforms import model_decoding
+    from askshift.lib.data.transforms import model_decoding
 
     train = model_decoding("timm:resnet18", "imagefolder", train=True)
     assert (train.decoder, train.resolution, train.flip) == ("imagenet_random_crop", 224, True)
@@ -47,9 +46,9 @@ def test_photo_datasets_get_crops_at_the_model_resolution_and_arrays_stay_as_sto
 def test_mixed_size_jpegs_decode_through_ffcvs_own_crop_decoders(photos, tmp_path):
     from ffcv.fields.decoders import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 
-    from lib.loaders import SplitLoader, _image_pipeline, split_info, stored_shape, split_beton
-    from lib.specs import get_spec
-    from lib.transforms import loader_config
+    from askshift.lib.data.loaders import SplitLoader, _image_pipeline, split_beton, split_info, stored_shape
+    from askshift.lib.data.specs import get_spec
+    from askshift.lib.data.transforms import loader_config
 
     spec = get_spec("out_of_support", dataset="imagefolder", root=str(photos / "A"))
     _, beton = split_beton(spec, "source_train", tmp_path)
@@ -70,10 +69,10 @@ def test_mixed_size_jpegs_decode_through_ffcvs_own_crop_decoders(photos, tmp_pat
 
 
 def test_uint8_batches_are_the_stored_bytes_and_become_the_float_batch_on_the_device(photos, tmp_path):
-    from lib.loaders import SplitLoader
-    from lib.specs import get_spec
-    from lib.training import place_images
-    from lib.transforms import loader_config
+    from askshift.lib.data.loaders import SplitLoader
+    from askshift.lib.data.specs import get_spec
+    from askshift.lib.data.transforms import loader_config
+    from askshift.lib.models.training import place_images
 
     spec = get_spec("out_of_support", dataset="imagefolder", root=str(photos / "A"))
     batches = {}
@@ -88,7 +87,7 @@ def test_uint8_batches_are_the_stored_bytes_and_become_the_float_batch_on_the_de
 
 
 def test_the_in_place_flip_of_a_channels_last_uint8_batch_matches_torchs_flip():
-    from lib.loaders import flip_in_place
+    from askshift.lib.data.loaders import flip_in_place
 
     images = torch.randint(0, 256, (33, 3, 17, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     indices = torch.arange(100, 133)
@@ -101,8 +100,8 @@ def test_the_in_place_flip_of_a_channels_last_uint8_batch_matches_torchs_flip():
 
 
 def test_both_sides_of_the_domain_classifier_are_stored_and_decoded_alike(photos, tmp_path):
-    from lib.domain_classifier import DomainSetup, domain_decoding, parity_spec
-    from lib.specs import DistributionSpec, ExperimentSpec
+    from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
+    from askshift.lib.support.classifier import DomainSetup, domain_decoding, parity_spec
 
     spec = ExperimentSpec(name="parity", reference=DistributionSpec(dataset="imagefolder", root=str(photos / "A")),
                           targets={"shifted": DistributionSpec(dataset="digits")})
@@ -118,9 +117,9 @@ def test_both_sides_of_the_domain_classifier_are_stored_and_decoded_alike(photos
 
 
 def test_the_papers_recipe_values():
-    from flows.baseline import BaselineConfig
-    from lib.finetune import PRESETS, FinetuneHparams, plan_run
-    from lib.support import default_classifier
+    from askshift.flows.baseline import BaselineConfig
+    from askshift.lib.models.finetune import PRESETS, FinetuneHparams, plan_run
+    from askshift.lib.support.ratios import default_classifier
 
     assert FinetuneHparams().grad_clip == 1.0
     for preset in PRESETS.names():
@@ -136,8 +135,8 @@ def test_the_papers_recipe_values():
 
 
 def test_model_families_carry_their_metadata_and_unknown_families_fail():
-    from lib.models import MODEL_FAMILIES, model_family
-    from lib.registry import UnknownNameError
+    from askshift.lib.models.families import MODEL_FAMILIES, model_family
+    from askshift.lib.registry import UnknownNameError
 
     for name in MODEL_FAMILIES.names():
         family = MODEL_FAMILIES.get(name)
@@ -150,9 +149,9 @@ def test_model_families_carry_their_metadata_and_unknown_families_fail():
 
 def test_labels_of_mixed_size_photos_survive_the_crop_pipeline(photos, tmp_path):
     """Every example comes out once in evaluation, with its own label (crops never reorder examples)."""
-    from lib.loaders import SplitLoader, split_info
-    from lib.specs import get_spec
-    from lib.transforms import loader_config
+    from askshift.lib.data.loaders import SplitLoader, split_info
+    from askshift.lib.data.specs import get_spec
+    from askshift.lib.data.transforms import loader_config
 
     spec = get_spec("out_of_support", dataset="imagefolder", root=str(photos / "A"))
     info = split_info(spec, "source_val", tmp_path)
@@ -165,8 +164,9 @@ def test_labels_of_mixed_size_photos_survive_the_crop_pipeline(photos, tmp_path)
 
 
 def test_an_imagefolder_with_one_class_or_an_empty_class_folder_is_one_clear_line(tmp_path):
-    from lib.datasets import DatasetLayoutError, load_dataset
     from photo_fixtures import add_empty_class
+
+    from askshift.lib.data.datasets import DatasetLayoutError, load_dataset
 
     one = make_imagefolder(tmp_path / "one", classes=1, per_class=(2, 1), seed=0)
     with pytest.raises(DatasetLayoutError, match="at least two class folders"):
@@ -179,8 +179,8 @@ def test_an_imagefolder_with_one_class_or_an_empty_class_folder_is_one_clear_lin
 
 def test_photo_training_resumed_from_its_last_epoch_checkpoint_ends_with_identical_weights(photos, tmp_path):
     """FFCV's random-resized crops are seeded per batch from the example order, so a resumed run replays them."""
-    from lib.store import Store, load_torch
-    from lib.training import RunConfig, TrainConfig, train_run
+    from askshift.lib.models.training import RunConfig, TrainConfig, train_run
+    from askshift.lib.store import Store, load_torch
 
     run = RunConfig(dataset="imagefolder", shift="out_of_support", root=str(photos / "A"), architecture="cnn:tiny",
                     train=TrainConfig(epochs=3, lr=3e-3, batch_size=8, warmup_epochs=0.5, seed=4), resolution=32)

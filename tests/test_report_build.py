@@ -11,12 +11,12 @@ import numpy as np
 import polars as pl
 import pytest
 from matplotlib.collections import PathCollection, PolyCollection
-
-from lib.er import compare_fits
-from lib.plots import accuracy_on_the_line, er_by_group
-from lib.report import build_report, ensure_metrics, inline_images, reading
-from lib.store import ExperimentStore, atomic_write_parquet
 from report_data import make_experiment
+
+from askshift.lib.report.markdown import build_report, ensure_metrics, inline_images, reading
+from askshift.lib.report.plots import accuracy_on_the_line, er_by_group
+from askshift.lib.robustness.er import compare_fits
+from askshift.lib.store import ExperimentStore, atomic_write_parquet
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_store_write_interrupted_before_rename_keeps_the_previous_file(tmp_path,
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed before rename")
 
-    monkeypatch.setattr("lib.store.os.replace", killed)
+    monkeypatch.setattr("askshift.lib.store.os.replace", killed)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_parquet(path, pl.DataFrame({"x": [9]}))
     monkeypatch.undo()
@@ -136,7 +136,7 @@ def test_store_write_of_a_process_killed_mid_write_keeps_the_previous_file(tmp_p
     path.write_text("previous report\n")
     script = (
         "import sys, time\n"
-        "from lib.store import atomic_path\n"
+        "from askshift.lib.store import atomic_path\n"
         f"with atomic_path({str(path)!r}) as tmp:\n"
         "    tmp.write_text('half a report')\n"
         "    print('writing', flush=True)\n"
@@ -154,7 +154,7 @@ def test_store_write_of_a_process_killed_mid_write_keeps_the_previous_file(tmp_p
 
 
 def test_metrics_written_without_sub_splits_are_recomputed_once_sub_splits_exist(tmp_path):
-    from lib.metrics import metrics_table
+    from askshift.lib.robustness.metrics import metrics_table
 
     exp = make_experiment(tmp_path / "exp", n_baselines=3, n_pretrained=1)
     exp.write_table("metrics", metrics_table(exp).drop("sub_split"))  # as a flow might write it
@@ -165,8 +165,8 @@ def test_metrics_written_without_sub_splits_are_recomputed_once_sub_splits_exist
 def test_every_surface_shows_the_same_group_interval(built):
     """The report's summary, its ER section, the split report's per-part table and `askshift er` on the same
     accuracies give one interval per group (the group mean's)."""
-    from lib.er import accuracy_pairs, effective_robustness
-    from lib.support_report import er_markdown, support_er
+    from askshift.lib.report.support import er_markdown, support_er
+    from askshift.lib.robustness.er import accuracy_pairs, effective_robustness
 
     exp, result = built
     parts = support_er(exp, "source_val", "tint_val")
@@ -200,7 +200,7 @@ def test_example_bootstrap_adds_percentile_intervals_to_tables_and_report(tmp_pa
 
 
 def test_stored_correctness_aligns_examples_by_index_across_models(tmp_path):
-    from lib.report import stored_correctness
+    from askshift.lib.report.markdown import stored_correctness
 
     exp = ExperimentStore(tmp_path / "exp")
     labels = np.array([0, 1, 2, 3])

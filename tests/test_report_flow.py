@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from report_data import make_experiment
 
 pytestmark = pytest.mark.slow
@@ -20,8 +19,8 @@ def read_artifacts(keys: list[str]) -> dict:
 
 
 def test_report_flow_writes_the_report_and_publishes_table_and_markdown_artifacts(prefect_api, tmp_path):
-    from flows.report import report
-    from tasks.reporting import experiment_key
+    from askshift.flows.report import report
+    from askshift.tasks.reporting import experiment_key
 
     store = tmp_path / "store"
     make_experiment(store / "tint-p0-9", subsplit=False)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lib.beton as beton
-from lib.beton import BetonOptions, check_beton, ensure_beton, sidecar
-from lib.store import STALE_TMP_SECONDS, Store, atomic_path, atomic_write_bytes, file_lock, remove_stale_temps
+import askshift.lib.data.beton as beton
+from askshift.lib.data.beton import BetonOptions, check_beton, ensure_beton, sidecar
+from askshift.lib.store import STALE_TMP_SECONDS, Store, atomic_path, atomic_write_bytes, file_lock, remove_stale_temps
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = BetonOptions(num_workers=1)
@@ -59,7 +59,7 @@ def test_garbage_meta_parquet_beside_a_sound_beton_is_detected_and_rebuilt_alone
 
 
 def test_manifest_from_before_meta_checksums_still_catches_a_garbage_table(npz, tmp_path):
-    from lib.store import atomic_write_json, read_json
+    from askshift.lib.store import atomic_write_json, read_json
 
     first = ensure_beton("npz", "val", tmp_path, npz, OPTIONS)
     manifest_path = sidecar(first.path, "manifest.json")
@@ -108,7 +108,7 @@ def test_big_beton_is_checked_chunk_by_chunk_so_a_flipped_byte_in_the_middle_is_
 
 HOLD_TEMP = """
 import sys, time
-from lib.store import atomic_path
+from askshift.lib.store import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_bytes(b"half a file")
     print(tmp, flush=True)
@@ -168,7 +168,7 @@ def test_ensure_beton_removes_a_killed_beton_writers_temp_file_even_when_the_spl
 
 HOLD_LOCK = """
 import sys, time
-from lib.store import file_lock
+from askshift.lib.store import file_lock
 with file_lock(sys.argv[1]):
     print(time.time(), flush=True)
     time.sleep(float(sys.argv[2]))
@@ -199,7 +199,7 @@ def test_a_killed_lock_holder_does_not_block_the_next_run(tmp_path):
 
 FIRST_RUN = """
 import sys, time
-from lib.store import Store
+from askshift.lib.store import Store
 store, run_id, model_id = sys.argv[1:]
 exp = Store(store).experiment("e")
 with exp.run_lock(run_id):  # what train_run holds while it trains
@@ -210,7 +210,7 @@ with exp.run_lock(run_id):  # what train_run holds while it trains
 
 
 def test_identical_run_started_meanwhile_waits_and_reuses_the_finished_result(tmp_path):
-    from lib.training import RunConfig, TrainConfig, train_run
+    from askshift.lib.models.training import RunConfig, TrainConfig, train_run
 
     run = RunConfig(shift="tint_p=0.5", architecture="cnn:tiny", train=TrainConfig(epochs=1))
     first = _python(FIRST_RUN, str(tmp_path / "store"), run.run_id(), run.model_id(1))
@@ -229,7 +229,7 @@ def test_identical_run_started_meanwhile_waits_and_reuses_the_finished_result(tm
 def test_two_identical_runs_at_once_train_once(npz, tmp_path):
     import torch
 
-    from lib.training import RunConfig, TrainConfig, train_run
+    from askshift.lib.models.training import RunConfig, TrainConfig, train_run
 
     torch.set_num_threads(1)
     run = RunConfig(dataset="npz", root=str(npz), shift="tint_p=0.5", architecture="cnn:tiny",
@@ -289,7 +289,7 @@ def _listening(port: int) -> bool:
     (["serve", "--port", "{port}"], ["server", "start"]),
 ], ids=["run baseline (temporary server)", "serve"])
 def test_sigkilled_cli_does_not_leave_its_prefect_server_running(command, server_words, tmp_path):
-    from flows.server import free_port
+    from askshift.flows.server import free_port
 
     port = free_port()
     argv = [str(Path(sys.executable).with_name("askshift")), *(a.replace("{port}", str(port)) for a in command)]
@@ -349,7 +349,7 @@ def _cifar_root(tmp_path: Path, python2_names: bool) -> Path:
 
 @pytest.mark.parametrize("python2_names", [False, True], ids=["numpy2 names", "numpy.core names"])
 def test_cifar_batches_load_with_the_restricted_unpickler(tmp_path, python2_names):
-    from lib.datasets import load_dataset
+    from askshift.lib.data.datasets import load_dataset
 
     root = _cifar_root(tmp_path, python2_names)
     expected = pickle.loads((root / "cifar-10-batches-py" / "test_batch").read_bytes(), encoding="bytes")
@@ -374,7 +374,7 @@ class _CallsEval:
 
 @pytest.mark.parametrize("payload, named", [("system", "system"), ("eval", "builtins.eval")])
 def test_a_cifar_file_referring_to_other_globals_is_refused_naming_the_file(tmp_path, payload, named):
-    from lib.datasets import DatasetLayoutError, load_dataset
+    from askshift.lib.data.datasets import DatasetLayoutError, load_dataset
 
     root = _cifar_root(tmp_path, python2_names=True)
     marker = tmp_path / "ran"

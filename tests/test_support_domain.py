@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import support
-from lib.domain_classifier import InMemoryImages, StreamingImages, fit_domain_classifier, score_positions
+from askshift.lib.support import ratios as support
+from askshift.lib.support.classifier import InMemoryImages, StreamingImages, fit_domain_classifier, score_positions
 
 
 def coloured_sets(n_ref=48, n_shift=24, size=8, seed=0):
@@ -87,8 +87,8 @@ def test_in_memory_batches_cover_positions_without_repeats():
 
 
 def test_training_and_heldout_positions_may_not_overlap(tmp_path):
-    from lib.domain_classifier import DomainSetup, fit_and_score
-    from lib.specs import get_spec
+    from askshift.lib.data.specs import get_spec
+    from askshift.lib.support.classifier import DomainSetup, fit_and_score
 
     data, ref, shift = coloured_sets()
     setup = DomainSetup(spec=get_spec("out_of_support"), shifted_split="tint_val", cache_dir=str(tmp_path))

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from flows.cli import main as cli_main
+from askshift.cli.main import main as cli_main
 
 SEED = 7
 
@@ -21,7 +21,7 @@ def split_check_run(prefect_api, askshift_path, tmp_path_factory):
     proc = subprocess.run([askshift_path, "split-check", "--seed", str(SEED), "--store", str(store)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from lib.store import Store
+    from askshift.lib.store import Store
 
     return proc, Store(store).experiment(f"split-check-seed{SEED}")
 
@@ -45,7 +45,7 @@ def test_split_check_output_ends_with_an_auroc_line_far_above_chance(split_check
 
 @pytest.mark.slow
 def test_stored_split_recovers_the_true_membership_and_sizes_move_with_epsilon(split_check_run):
-    from lib.split_check import read_truth
+    from askshift.lib.support.known_answer import read_truth
 
     _, exp = split_check_run
     truth, kind = read_truth(exp.root / "mixture.npz")
@@ -63,9 +63,9 @@ def test_stored_split_recovers_the_true_membership_and_sizes_move_with_epsilon(s
 
 @pytest.mark.slow
 def test_every_example_is_scored_by_the_fold_model_that_never_trained_on_it(split_check_run):
-    from flows.split import SplitConfig
-    from lib.domain_classifier import load_domain_data
-    from lib.support import fold_plan
+    from askshift.flows.split import SplitConfig
+    from askshift.lib.support.classifier import load_domain_data
+    from askshift.lib.support.ratios import fold_plan
 
     _, exp = split_check_run
     config = SplitConfig.model_validate(exp.read_config("split_config"))
@@ -101,8 +101,8 @@ def test_report_section_has_the_sizes_table_histogram_and_example_grid(split_che
 @pytest.mark.slow
 def test_metrics_and_er_accept_the_stored_sub_splits(split_check_run):
     """Models registered in the experiment get metrics and ER on each part (fake predictions, real tables)."""
-    from lib.metrics import metrics_table
-    from lib.support_report import support_er
+    from askshift.lib.report.support import support_er
+    from askshift.lib.robustness.metrics import metrics_table
 
     _, exp = split_check_run
     sub = exp.read_subsplit("shifted_val")
@@ -186,7 +186,7 @@ def test_unknown_domain_classifier_is_one_clear_line(small_sets, capsys):
 
 
 def test_gpu_default_classifier_is_the_papers_clip_lp_ft_by_name():
-    from lib.support import default_classifier
+    from askshift.lib.support.ratios import default_classifier
 
     gpu, cpu = default_classifier("cuda"), default_classifier("cpu")
     assert gpu.model == "clip:ViT-L-14:laion2b_s32b_b82k" and gpu.linear_probe_epochs > 0 and len(gpu.lrs) == 8
@@ -195,7 +195,7 @@ def test_gpu_default_classifier_is_the_papers_clip_lp_ft_by_name():
 
 @pytest.mark.slow
 def test_rerunning_the_split_flow_retrains_nothing_and_gives_the_same_split(split_check_run):
-    from flows.split import SplitConfig, split_shift
+    from askshift.flows.split import SplitConfig, split_shift
 
     _, exp = split_check_run
     config = SplitConfig.model_validate(exp.read_config("split_config"))

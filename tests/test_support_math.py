@@ -1,11 +1,11 @@
-"""Density-ratio math of lib.support: calibration, cross-fitting, ratios, thresholds, ε sweep, input checks."""
+"""Density-ratio math of askshift.lib.support.ratios: calibration, cross-fitting, ratios, thresholds, ε sweep, input checks."""
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 import pytest
 
-from lib import support
+from askshift.lib.support import ratios as support
 
 
 def simulated_logits(alpha_true: float, n: int = 40_000, seed: int = 0):
@@ -177,7 +177,7 @@ def test_a_classifier_at_chance_is_reported_as_failing_to_separate():
 
 
 def _report_inputs(separation: float, tmp_path):
-    from lib.support_report import SupportER
+    from askshift.lib.report.support import SupportER
 
     rng = np.random.default_rng(0)
     data = support.build_domain_data(np.arange(300), np.arange(100))
@@ -189,7 +189,7 @@ def _report_inputs(separation: float, tmp_path):
 
 
 def test_report_says_the_split_is_meaningless_when_the_classifier_is_at_chance(tmp_path):
-    from lib.support_report import section_markdown
+    from askshift.lib.report.support import section_markdown
 
     est, er = _report_inputs(0.0, tmp_path)
     assert not est.separated

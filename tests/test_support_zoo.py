@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lib.paper_zoo import paper_zoo
+from askshift.lib.robustness.paper_zoo import paper_zoo
 
 TINY_TIMM = ("test_resnet.r160_in1k", "test_efficientnet.r160_in1k", "test_convnext.r160_in1k", "test_byobnet.r160_in1k")
 
@@ -34,9 +34,9 @@ def zoo_data(tmp_path_factory):
     import timm
     import torch
 
-    from lib.paper_zoo import NormalisedTimm
-    from lib.specs import DistributionSpec, ExperimentSpec
-    from lib.split_check import MixtureConfig, build_mixture
+    from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
+    from askshift.lib.robustness.paper_zoo import NormalisedTimm
+    from askshift.lib.support.known_answer import MixtureConfig, build_mixture
 
     folder = tmp_path_factory.mktemp("zoo")
     mix = build_mixture(MixtureConfig(seed=3, copies=1))
@@ -75,9 +75,9 @@ def zoo_data(tmp_path_factory):
 @pytest.mark.slow
 def test_zoo_evaluate_predicts_each_model_on_each_split_then_reports_er_per_part(prefect_api, zoo_data):
     """The split itself is tested by split-check; here a stored split (the true membership) is reused."""
-    from flows.split import SplitConfig
-    from flows.zoo import ZooConfig, zoo_evaluate
-    from lib.store import Store
+    from askshift.flows.split import SplitConfig
+    from askshift.flows.zoo import ZooConfig, zoo_evaluate
+    from askshift.lib.store import Store
 
     spec, weights, truth, folder = zoo_data
     split = SplitConfig(spec=spec, store=str(folder / "store"))
@@ -106,8 +106,8 @@ def test_zoo_evaluate_predicts_each_model_on_each_split_then_reports_er_per_part
 
 
 def test_zoo_model_without_local_weights_fails_fast_offline(tmp_path, monkeypatch):
-    from lib.models import PretrainedUnavailable
-    from lib.paper_zoo import load_zoo_model
+    from askshift.lib.models.families import PretrainedUnavailable
+    from askshift.lib.robustness.paper_zoo import load_zoo_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PretrainedUnavailable, match="HF_HUB_OFFLINE"):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib.time_budget import TASK_PARTS, budget_lines, overhead_share, time_budget
+from askshift.flows.time_budget import TASK_PARTS, budget_lines, overhead_share, time_budget
 
 
 def test_wall_time_is_split_by_task_kind_and_the_rest_is_orchestration():
@@ -25,6 +25,6 @@ def test_parallel_tasks_longer_than_the_wall_time_leave_no_negative_orchestratio
 
 
 def test_every_task_the_package_defines_has_a_part():
-    from flows.run_times import _task_names
+    from askshift.flows.run_times import _task_names
 
     assert set(_task_names().values()) <= set(TASK_PARTS)

@@ -6,15 +6,21 @@ import math
 import pytest
 import torch
 
-from lib.models import build_model
-from lib.training import (
-    TrainConfig, checkpoint_path, epoch_seed, kept_checkpoint_path, lr_factor, seed_everything, train_model,
+from askshift.lib.models.families import build_model
+from askshift.lib.models.training import (
+    TrainConfig,
+    checkpoint_path,
+    epoch_seed,
+    kept_checkpoint_path,
+    lr_factor,
+    seed_everything,
+    train_model,
     training_checkpoints,
 )
 
 
 class TensorLoader:
-    """Seeded in-memory batches of (images, labels, indices), like lib.loaders.split_loader."""
+    """Seeded in-memory batches of (images, labels, indices), like askshift.lib.data.loaders.split_loader."""
 
     def __init__(self, images, labels, batch_size, seed=0, shuffle=True):
         n = len(labels)
@@ -176,7 +182,7 @@ def test_sgd_training_learns_the_task(data, tmp_path):
 
 
 def test_predict_returns_logits_in_loader_order_and_restores_train_mode(data):
-    from lib.evaluation import predict
+    from askshift.lib.models.evaluation import predict
 
     images, labels = data
     seed_everything(0)

@@ -8,13 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-
 EPOCHS = 3
 BATCHES = 8
 
 
 def _config():
-    from lib.training import TrainConfig
+    from askshift.lib.models.training import TrainConfig
 
     # Everything that carries state across epochs: AdamW moments, a warm-up that ends mid-epoch, cosine decay,
     # clipping, label smoothing, BatchNorm running statistics.
@@ -29,7 +28,7 @@ class NoisyLoader:
     def __init__(self, images, labels, epoch, seed, progress: Path | None, delay: float):
         import torch
 
-        from lib.training import epoch_seed
+        from askshift.lib.models.training import epoch_seed
 
         self.images, self.labels, self.epoch = images, labels, epoch
         self.order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
@@ -57,8 +56,8 @@ class NoisyLoader:
 def train_in_this_process(checkpoint_dir: Path, out: Path, progress: Path | None = None, delay: float = 0.0):
     import torch
 
-    from lib.models import build_model
-    from lib.training import seed_everything, train_model
+    from askshift.lib.models.families import build_model
+    from askshift.lib.models.training import seed_everything, train_model
 
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)

@@ -11,12 +11,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from flows.server import free_port
+from askshift.flows.server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from report_data import make_experiment
-
 
 # --- forms ----------------------------------------------------------------------------------------------------------
 
@@ -20,7 +18,7 @@ def deployment_schemas() -> dict[str, dict]:
     """Each deployment's parameter schema, as `askshift serve` registers it (what the UI form is built from)."""
     from prefect.utilities.callables import parameter_schema
 
-    from flows.deployments import load_flow, read_deployment_specs
+    from askshift.flows.deployments import load_flow, read_deployment_specs
 
     return {spec.name: parameter_schema(load_flow(spec)).model_dump_for_openapi() for spec in read_deployment_specs()}
 
@@ -89,7 +87,7 @@ def test_the_form_schema_refuses_bad_values_on_submit(deployment, values):
 
 
 def test_the_form_schema_accepts_every_deployments_defaults_and_good_pairs():
-    from flows.deployments import read_deployment_specs
+    from askshift.flows.deployments import read_deployment_specs
 
     schemas = deployment_schemas()
     for spec in read_deployment_specs():
@@ -105,11 +103,11 @@ def test_the_form_schema_accepts_every_deployments_defaults_and_good_pairs():
 def test_closed_choices_are_the_registries_names():
     import typing
 
-    from flows.report import Metric, Scale
-    from lib.er import SCALES
-    from lib.finetune import PRESETS, STRATEGIES
-    from lib.metrics import METRICS
-    from lib.names import FinetunePreset, Strategy
+    from askshift.flows.report import Metric, Scale
+    from askshift.lib.models.finetune import PRESETS, STRATEGIES
+    from askshift.lib.names import FinetunePreset, Strategy
+    from askshift.lib.robustness.er import SCALES
+    from askshift.lib.robustness.metrics import METRICS
 
     assert sorted(typing.get_args(Strategy)) == STRATEGIES.names()
     assert sorted(typing.get_args(FinetunePreset)) == PRESETS.names()
@@ -126,8 +124,8 @@ def test_closed_choices_are_the_registries_names():
 def test_configs_check_registry_names_with_one_clear_line(values, words):
     from pydantic import ValidationError
 
-    from flows.baseline import BaselineConfig
-    from flows.cli import error_line
+    from askshift.cli.main import error_line
+    from askshift.flows.baseline import BaselineConfig
 
     with pytest.raises(ValidationError) as info:
         BaselineConfig(**values)
@@ -136,7 +134,7 @@ def test_configs_check_registry_names_with_one_clear_line(values, words):
 
 
 def test_serve_makes_relative_stores_absolute(tmp_path):
-    from flows.deployments import absolute_stores
+    from askshift.flows.deployments import absolute_stores
 
     given = {"config": {"store": "store", "finetune": {"store": "sub/s"}}, "store": "/abs/s", "experiment": "x"}
     assert absolute_stores(given, tmp_path) == {
@@ -150,7 +148,7 @@ def test_serve_makes_relative_stores_absolute(tmp_path):
 def test_generated_run_names_are_recognised_and_typed_names_are_not():
     from prefect.utilities.names import generate_slug
 
-    from flows.naming import is_generated_name
+    from askshift.flows.naming import is_generated_name
 
     assert all(is_generated_name(generate_slug(2)) for _ in range(300))  # the server's names
     for ui_name in ("beta7-aquarii-nebula", "omega512-canis-majoris", "alpha-andromedae-x"):  # the UI form's
@@ -169,9 +167,9 @@ def _fake_run_context(monkeypatch, name: str, deployment: bool, parameters: dict
 
 
 def test_run_names_say_what_the_run_does_and_keep_a_typed_name(monkeypatch):
-    from flows.baseline import BaselineConfig
-    from flows.execution import Execution
-    from flows.naming import baseline_name, report_name, run_name
+    from askshift.flows.baseline import BaselineConfig
+    from askshift.flows.execution import Execution
+    from askshift.flows.naming import baseline_name, report_name, run_name
 
     parameters = {"config": BaselineConfig(), "execution": Execution()}
     name = run_name(baseline_name)
@@ -189,7 +187,7 @@ def test_run_names_say_what_the_run_does_and_keep_a_typed_name(monkeypatch):
 
 
 def test_the_key_rule_slugs_the_experiment_and_adds_a_store_hash_off_the_default(tmp_path, monkeypatch):
-    from tasks.reporting import artifact_key, experiment_key, store_tag
+    from askshift.tasks.reporting import artifact_key, experiment_key, store_tag
 
     monkeypatch.chdir(tmp_path)
     assert artifact_key("digits-tint_p=0.5-report") == "digits-tint-p-0-5-report"
@@ -205,8 +203,8 @@ def test_the_key_rule_slugs_the_experiment_and_adds_a_store_hash_off_the_default
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from lib.report import build_report
-    from lib.store import ExperimentStore
+    from askshift.lib.report.markdown import build_report
+    from askshift.lib.store import ExperimentStore
 
     root = tmp_path_factory.mktemp("front") / "store" / "tiny"
     make_experiment(root)
@@ -214,7 +212,7 @@ def built(tmp_path_factory):
 
 
 def test_short_er_table_is_rounded_percent_with_interval_and_flags(built):
-    from lib.report import er_display_table, summary_display_table
+    from askshift.lib.report.markdown import er_display_table, summary_display_table
 
     _, result = built
     table = er_display_table(result.er_table)
@@ -238,8 +236,8 @@ def test_report_names_flag_and_form_field_and_absolute_paths(built):
 
 
 def test_unknown_baseline_group_is_refused_and_the_last_tables_are_kept(built):
-    from lib.er import ERInputError
-    from lib.report import build_report
+    from askshift.lib.report.markdown import build_report
+    from askshift.lib.robustness.er import ERInputError
 
     exp, _ = built
     before = {name: exp.table_path(name).read_bytes() for name in ("er", "er_summary")}
@@ -249,9 +247,9 @@ def test_unknown_baseline_group_is_refused_and_the_last_tables_are_kept(built):
 
 
 def test_a_report_where_every_shift_fails_keeps_the_last_tables(tmp_path):
-    from lib.er import ERInputError
-    from lib.report import build_report
-    from lib.store import ExperimentStore
+    from askshift.lib.report.markdown import build_report
+    from askshift.lib.robustness.er import ERInputError
+    from askshift.lib.store import ExperimentStore
 
     exp = make_experiment(tmp_path / "store" / "few", n_pretrained=2)
     build_report(ExperimentStore(exp.root))
@@ -265,7 +263,7 @@ def test_a_report_where_every_shift_fails_keeps_the_last_tables(tmp_path):
 def test_cli_report_with_unknown_baseline_group_fails_in_one_line_and_keeps_the_tables(prefect_api, askshift, tmp_path):
     import subprocess
 
-    from lib.report import build_report
+    from askshift.lib.report.markdown import build_report
 
     exp = make_experiment(tmp_path / "store" / "tiny")
     build_report(exp)
@@ -284,8 +282,14 @@ def test_cli_report_with_unknown_baseline_group_fails_in_one_line_and_keeps_the_
 def _runs_and_artifacts(flow_name: str):
     """The newest run of ``flow_name``, its direct subflow runs, and the artifacts of each (key or type -> artifact)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName,
-                                                FlowRunFilter, FlowRunFilterParentFlowRunId)
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
@@ -304,8 +308,8 @@ def _runs_and_artifacts(flow_name: str):
 
 @pytest.mark.slow
 def test_deployment_entry_flow_carries_the_result_note_and_link_on_its_own_run(prefect_api, tmp_path):
-    from flows.deployed import run_report
-    from tasks.reporting import experiment_key
+    from askshift.flows.deployed import run_report
+    from askshift.tasks.reporting import experiment_key
 
     store = tmp_path / "store"
     make_experiment(store / "tiny")
@@ -333,9 +337,9 @@ def test_deployment_entry_flow_carries_the_result_note_and_link_on_its_own_run(p
 
 @pytest.mark.slow
 def test_baseline_entry_flow_shows_progress_and_the_result_on_the_run_the_user_opened(prefect_api, tmp_path):
-    from flows.baseline import BaselineConfig
-    from flows.deployed import run_baseline
-    from tasks.reporting import experiment_key
+    from askshift.flows.baseline import BaselineConfig
+    from askshift.flows.deployed import run_baseline
+    from askshift.tasks.reporting import experiment_key
 
     store = tmp_path / "store"
     config = BaselineConfig(store=str(store), model="cnn:tiny", epochs=1, train_fractions=(1.0, 0.5, 0.25),
@@ -357,7 +361,7 @@ def test_baseline_entry_flow_shows_progress_and_the_result_on_the_run_the_user_o
 
 def test_a_flow_that_fails_at_run_time_ends_with_one_clear_line_as_its_state_message(prefect_api, tmp_path):
     """What the UI shows on a failed run's page: the cause in one line, not a traceback or UnfinishedRun."""
-    from flows.baseline import BaselineConfig, synthetic_shift_baseline
+    from askshift.flows.baseline import BaselineConfig, synthetic_shift_baseline
 
     config = BaselineConfig(dataset="imagefolder", root=str(tmp_path / "no-photos"), store=str(tmp_path / "s"), epochs=1)
     state = synthetic_shift_baseline(config, return_state=True)

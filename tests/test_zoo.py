@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lib.zoo import group_of, zoo_table
+from askshift.lib.robustness.zoo import group_of, zoo_table
 
 REPO = Path(__file__).resolve().parents[1]
 # A copy vendored in the repository (what `askshift zoo` uses without --results) or the shared data folder beside it.
@@ -74,7 +74,7 @@ def test_models_evaluated_at_several_sizes_pair_accuracies_at_the_same_size(tmp_
 
 @needs_results
 def test_default_rule_agrees_with_the_papers_own_grouping_of_its_zoo():
-    paper = REPO / "lib" / "paper_zoo.csv"
+    paper = REPO / "lib" / "robustness" / "paper_zoo.csv"
     if not paper.exists():
         pytest.skip("lib/paper_zoo.csv not present")
     with open(paper, newline="") as fh:

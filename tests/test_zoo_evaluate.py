@@ -11,9 +11,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-
-from lib.class_subset import MASKED_LOGIT, among_classes, covered_classes, restrict_reference, subset_accuracy
 from photo_fixtures import invert_folder, make_imagefolder
+
+from askshift.lib.data.class_subset import (
+    MASKED_LOGIT,
+    among_classes,
+    covered_classes,
+    restrict_reference,
+    subset_accuracy,
+)
 
 BASELINES = ("resnet10t.c3_in1k", "test_resnet.r160_in1k", "test_efficientnet.r160_in1k")
 PRETRAINED = ("test_vit.r160_in1k",)  # a fixed-input-size model: resized to its 160 px inside the wrapper
@@ -62,8 +68,8 @@ def test_class_subset_masks_predictions_to_the_shifted_classes_and_keeps_referen
 
 
 def test_published_r_and_a_references_follow_the_same_convention():
-    from lib.class_subset import timm_reference_file
-    from lib.zoo import ZOO_SHIFTS
+    from askshift.lib.data.class_subset import timm_reference_file
+    from askshift.lib.robustness.zoo import ZOO_SHIFTS
 
     for name in ("r", "a"):
         assert ZOO_SHIFTS.get(name).reference_file == timm_reference_file(name, True) == f"results-imagenet-{name}-clean.csv"
@@ -72,7 +78,7 @@ def test_published_r_and_a_references_follow_the_same_convention():
 
 
 def test_restricting_the_reference_intersects_an_existing_restriction():
-    from lib.specs import DistributionSpec, ExperimentSpec
+    from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
 
     spec = ExperimentSpec(name="x", reference=DistributionSpec(dataset="digits", classes=[1, 2, 3]),
                           targets={"t": DistributionSpec(dataset="digits")})
@@ -116,13 +122,13 @@ def timm_weights(tmp_path_factory):
 def test_zoo_evaluate_on_a_200_class_style_set_restricts_and_masks_the_reference_through_the_same_function(
         prefect_api, timm_weights, tmp_path, monkeypatch):
     """An ImageNet-R-like set (2 of 1000 classes) against an ImageNet-V2-like reference (4 classes present)."""
-    import lib.class_subset
-    import lib.loaders
-    from flows.split import SplitConfig
-    from flows.zoo import ZooConfig, zoo_evaluate
-    from lib.datasets import imagenet_wnids
-    from lib.specs import DistributionSpec, ExperimentSpec
-    from lib.store import Store
+    import askshift.lib.data.class_subset
+    import askshift.lib.data.loaders
+    from askshift.flows.split import SplitConfig
+    from askshift.flows.zoo import ZooConfig, zoo_evaluate
+    from askshift.lib.data.datasets import imagenet_wnids
+    from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
+    from askshift.lib.store import Store
 
     wnids = imagenet_wnids()
     reference = _wnid_tree(tmp_path / "a", tmp_path / "v2", ["1", "5", "7", "9"], 3, seed=0)
@@ -132,21 +138,21 @@ def test_zoo_evaluate_on_a_200_class_style_set_restricts_and_masks_the_reference
                                                      train_split="val"),
                           targets={"r": DistributionSpec(dataset="imagenet-r", root=str(shifted))})
     calls = []
-    real = lib.class_subset.among_classes
+    real = askshift.lib.data.class_subset.among_classes
 
     def spy(logits, labels, classes):
         calls.append(None if classes is None else tuple(classes))
         return real(logits, labels, classes)
 
-    monkeypatch.setattr(lib.class_subset, "among_classes", spy)
+    monkeypatch.setattr(askshift.lib.data.class_subset, "among_classes", spy)
     loaders = []
-    real_loader = lib.loaders.split_loader
+    real_loader = askshift.lib.data.loaders.split_loader
 
     def loader_spy(spec, split, cache_dir, config, **kwargs):
         loaders.append((split, config))
         return real_loader(spec, split, cache_dir, config, **kwargs)
 
-    monkeypatch.setattr(lib.loaders, "split_loader", loader_spy)
+    monkeypatch.setattr(askshift.lib.data.loaders, "split_loader", loader_spy)
     split = SplitConfig(spec=spec, store=str(tmp_path / "store"))
     config = ZooConfig(split=split, baseline_models=("test_resnet.r160_in1k",), pretrained_models=(),
                        weights_dir=str(timm_weights / "imagenet"), resolution=32, batch_size=16, run_split=False)
@@ -174,7 +180,7 @@ def test_fixed_input_size_models_are_resized_and_convnets_read_the_loader_size()
     import timm
     import torch
 
-    from lib.paper_zoo import NormalisedTimm
+    from askshift.lib.robustness.paper_zoo import NormalisedTimm
 
     seen = {}
     for name in ("test_resnet.r160_in1k", "test_vit.r160_in1k"):
@@ -227,7 +233,7 @@ def _cli_args(tmp_path: Path, weights: Path, photos, *extra: str) -> list[str]:
 ])
 def test_cli_bad_inputs_fail_with_one_line_before_any_prediction(tmp_path, capsys, timm_weights, photo_sets,
                                                                  changes, message):
-    from flows.cli import main
+    from askshift.cli.main import main
 
     args = _cli_args(tmp_path, timm_weights, photo_sets)
     files = {"MISSING": tmp_path / "missing.txt", "EMPTY": tmp_path / "empty", "TYPO": tmp_path / "typo.txt",
@@ -252,7 +258,7 @@ def test_cli_bad_inputs_fail_with_one_line_before_any_prediction(tmp_path, capsy
 
 
 def test_er_table_lines_show_each_part_and_group_with_its_interval():
-    from flows.commands.run_zoo_evaluate import er_lines
+    from askshift.cli.commands.run_zoo_evaluate import er_lines
 
     rows = [{"sub_split": "all", "group": "pretrained", "n_models": 1, "effective_robustness": 0.0412,
              "er_lower": -0.01, "er_upper": 0.09, "n_examples": 12}]
@@ -275,7 +281,7 @@ def test_cli_zoo_evaluate_predicts_every_model_splits_and_prints_er_then_the_exp
     assert re.search(r"^shifted_val: \d+ in-support, \d+ out-of-support at epsilon 0\.2; AUROC \d\.\d{3}",
                      proc.stdout, re.M), proc.stdout
     assert any(line.split()[:2] == ["part", "group"] or "no ER on" in line for line in lines), proc.stdout
-    from lib.store import ExperimentStore
+    from askshift.lib.store import ExperimentStore
 
     exp = ExperimentStore(folder)
     for model in BASELINES + PRETRAINED:

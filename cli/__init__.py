@@ -1,0 +1,1 @@
+"""askshift.cli: the ``askshift`` command (``main``) and its subcommands (``askshift.cli.commands``)."""

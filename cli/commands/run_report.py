@@ -1,0 +1,65 @@
+"""``askshift run report``: effective-robustness report (tables, plots, report.md, artifacts) of one experiment."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from askshift.cli.main import CliError
+
+FLOW_NAME = "report"
+HELP = ("metrics from stored predictions, effective robustness of every shifted split against source_val "
+        "(full-range and comparable-baseline fits), plots and report.md, published as Prefect artifacts")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default="store", help="results store root (default ./store)")
+    parser.add_argument("--experiment", required=True, help="experiment folder inside the store")
+    parser.add_argument("--fit-range", metavar="LO:HI", default=None,
+                        help="comparable-baseline window of reference accuracy (default: judged models' range +- 0.05)")
+    parser.add_argument("--scale", metavar="{probit,logit}", default="probit", help="axis transform (default probit)")
+    parser.add_argument("--metric", default="accuracy",
+                        help="accuracy (default), balanced_accuracy, worst_group_accuracy, macro_f1 or auroc")
+    parser.add_argument("--baseline-group", default="baseline", help="group the line is fitted on (default baseline)")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap band from N resampled fits")
+    parser.add_argument("--bootstrap-examples", type=int, default=0, metavar="N",
+                        help="also give percentile intervals from N resamples of the test examples (the same examples "
+                             "for every model) and of the baseline models, refitting the line each time (accuracy only)")
+    parser.add_argument("--binomial", action="store_true",
+                        help="per-model intervals also carry each model's own test-set noise (group intervals already do)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstraps (default 0)")
+
+
+def execute(args: argparse.Namespace, task_runner: Any) -> int:
+    from askshift.lib.robustness.er import SCALES, ERInputError, parse_fit_range
+    from askshift.lib.robustness.metrics import METRICS
+    from askshift.lib.store import Store
+
+    try:
+        fit_range = parse_fit_range(args.fit_range)
+    except ERInputError as exc:
+        raise CliError(str(exc)) from None
+    if args.scale not in SCALES:
+        raise CliError(SCALES.unknown_message(args.scale))
+    if args.metric not in METRICS:
+        raise CliError(METRICS.unknown_message(args.metric))
+    if args.bootstrap < 0 or args.bootstrap_examples < 0:
+        raise CliError("--bootstrap and --bootstrap-examples take a number of resamples >= 0")
+    if args.bootstrap_examples and args.metric != "accuracy":
+        raise CliError(f"--bootstrap-examples resamples per-example correctness: it needs --metric accuracy, not {args.metric!r}")
+    exp = Store(args.store).experiment(args.experiment)
+    if not exp.root.is_dir():
+        raise CliError(f"no experiment {args.experiment!r} in store {args.store} (expected folder {exp.root})")
+    from askshift.flows.report import report
+
+    flow = report if task_runner is None else report.with_options(task_runner=task_runner)
+    try:
+        result = flow(store=args.store, experiment=args.experiment, fit_range=fit_range, scale=args.scale,
+                      metric=args.metric, baseline_group=args.baseline_group, bootstrap=args.bootstrap,
+                      binomial=args.binomial, bootstrap_examples=args.bootstrap_examples, seed=args.seed)
+    except ERInputError as exc:
+        raise CliError(" ".join(str(exc).split())) from None
+    print(result.report_path)
+    return 0
+
+
+__all__ = ["FLOW_NAME", "HELP", "add_arguments", "execute"]

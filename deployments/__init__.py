@@ -1,0 +1,1 @@
+"""askshift.deployments: prefect.yaml and the cluster profiles, shipped as package data."""

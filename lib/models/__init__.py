@@ -1,0 +1,1 @@
+"""askshift.lib.models: model families, the training loop, fine-tuning strategies and DFR, pre-training, prediction."""
