@@ -7,7 +7,7 @@
 Workers are other processes: before any cluster starts, ``shared_prefect_api`` makes sure they all reach the
 same Prefect API as the flow (otherwise each would start its own temporary server on the same SQLite file).
 
-GPU tasks: tag a task ``"gpu"`` (``askshift.flows.cluster.GPU_TAG``), e.g. ``@task(tags=["gpu"], retries=2)``. On workers that
+GPU tasks: tag a task ``"gpu"`` (``askshift.tasks.tags.GPU_TAG``), e.g. ``@task(tags=["gpu"], retries=2)``. On workers that
 declare a Dask resource ``GPU`` (profiles with ``gpus > 0``) such a task holds one GPU slot while it runs; untagged
 (CPU-only) tasks never wait for or occupy GPU slots. On backends without GPU workers the tag changes nothing.
 """
@@ -19,7 +19,8 @@ import os
 import sys
 from typing import Any, Iterator
 
-from askshift.flows.cluster import GPU_TAG, WORKER_ENV, WORKER_PRELOAD
+from askshift.flows.cluster import WORKER_ENV, WORKER_PRELOAD
+from askshift.tasks.tags import GPU_TAG
 
 logger = logging.getLogger("askshift.backends")
 

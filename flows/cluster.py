@@ -22,8 +22,6 @@ WORKER_ENV: dict[str, str] = {
 # Imported by every worker at start-up (see flows/worker_setup.py).
 WORKER_PRELOAD = "askshift.flows.worker_setup"
 
-# Tasks tagged GPU_TAG hold one GPU slot on GPU workers (see askshift.flows.backends).
-
 GRES_REJECTED = "Invalid generic resource (gres) specification"
 
 
