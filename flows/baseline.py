@@ -142,7 +142,7 @@ class BaselineConfig(BaseModel):
         ]
 
     def resolved_cache_dir(self) -> str:
-        return self.cache_dir or str(Path(self.store) / "_cache")
+        return str(Store(self.store).cache_dir(self.cache_dir))
 
 
 @flow(name="synthetic-shift-baseline", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,

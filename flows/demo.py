@@ -157,7 +157,7 @@ def split_config(config: DemoConfig, spec_path: str):
     return SplitConfig(spec=load_spec(spec_path), store=str(config.store_root()),
                        experiment=config.mixed_experiment_name(), cache_dir=str(config.cache_dir()),
                        classifier=classifier, folds=config.split_folds, seed=config.seed,
-                       device="cpu" if config.device == "auto" else config.device, examples_per_row=8)
+                       device=config.device, examples_per_row=8)
 
 
 # --- the flow --------------------------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
         probe = finetune_config(config, presets[0], config.experiment_name(presets[0]))
         # Submitted, not called: on a cluster backend the pre-training runs on a (GPU) worker.
         weights = pretrain_checkpoint.submit(pretrain_config(config), str(pretrain_path(probe, config.baseline_model)),
-                                             device="cpu" if config.device == "auto" else config.device).result()
+                                             device=config.device).result()
         _update_progress(artifact, 15.0)
 
         # The report uses exactly the models these flows produced (an experiment folder may also hold models of

@@ -15,7 +15,7 @@ from typing import Annotated, Callable, Literal, Sequence
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from askshift.lib.store import content_hash
+from askshift.lib.store import Store, content_hash
 
 DEMO_EXPERIMENT = "demo"  # STORE/demo/ holds the combined report, its plots and tables
 ER_TABLE = "demo_er"  # STORE/demo/tables/demo_er.parquet: one row per (shift, group)
@@ -167,7 +167,7 @@ class DemoConfig(BaseModel):
         return Path(self.store).expanduser().resolve()
 
     def cache_dir(self) -> Path:
-        return self.store_root() / "_cache"
+        return Store(self.store).cache_dir()
 
     def pretrain_config(self):
         """The glyph pre-training every seed fine-tunes (one checkpoint, like a published one)."""

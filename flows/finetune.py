@@ -123,7 +123,7 @@ class FinetuneConfig(BaseModel):
         return self.model_copy(update=update)
 
     def resolved_cache_dir(self) -> str:
-        return str(Path(self.cache_dir or Path(self.store) / "_cache").expanduser().resolve())
+        return str(Store(self.store).cache_dir(self.cache_dir))
 
     def group_name(self, strategy: str, model: str) -> str:
         group = STRATEGIES.get(strategy).group
@@ -283,7 +283,7 @@ def zero_shot_class_names(dataset: str, names: list[str] | None) -> list[str]:
     """Class names for zero-shot heads: CLIP's curated ImageNet names for ImageNet-1k, the dataset's otherwise."""
     names = list(names or [])
     if dataset.lower().startswith("imagenet") and len(names) == 1000:
-        from askshift.lib.models.families import imagenet_class_names
+        from askshift.lib.data.datasets import imagenet_class_names
 
         return list(imagenet_class_names())
     return names
@@ -339,8 +339,7 @@ def resolve_pretrained(config: FinetuneConfig) -> dict[str, str | None]:
             pre = (config.pretrain or PretrainConfig()).model_copy(update={"model": model})
             print(f"{model}: no --pretrained given; using the local glyph checkpoint {out} "
                   f"({'cached' if out.exists() else 'building it now: a stand-in for CLIP/AugReg pre-training'})")
-            device = "cpu" if config.device == "auto" else config.device
-            weights[model] = pretrain_checkpoint.submit(pre, str(out), device=device).result()
+            weights[model] = pretrain_checkpoint.submit(pre, str(out), device=config.device).result()
         elif family.text_tower:
             weights[model] = None  # clip: the tag or file in the name
         else:

@@ -90,7 +90,7 @@ class SplitConfig(BaseModel):
         return self.experiment or self.spec.name
 
     def resolved_cache_dir(self) -> str:
-        return self.cache_dir or str(Path(self.store).expanduser().resolve() / "_cache")
+        return str(Store(self.store).cache_dir(self.cache_dir))
 
     def target_names(self) -> tuple[str, ...]:
         names = self.targets or tuple(self.spec.targets)

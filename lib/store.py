@@ -232,6 +232,9 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+CACHE_FOLDER = "_cache"
+
+
 class Store:
     """A store root holding one folder per experiment."""
 
@@ -240,6 +243,11 @@ class Store:
 
     def experiment(self, name: str) -> "ExperimentStore":
         return ExperimentStore(self.root / safe_name(name))
+
+    def cache_dir(self, override: str | os.PathLike | None = None) -> Path:
+        """Where .beton files, decodability records and pre-trained stand-ins are cached: ``override`` when given,
+        else ``STORE/_cache`` (the one definition every flow and command uses)."""
+        return Path(override).expanduser().resolve() if override else self.root / CACHE_FOLDER
 
     def experiments(self) -> list[str]:
         if not self.root.exists():

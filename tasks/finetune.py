@@ -18,14 +18,7 @@ def pretrain_checkpoint(config: PretrainConfig, out: str, device: str = "cpu") -
     from askshift.lib.models.pretrain import pretrain
 
     logger = get_run_logger()
-    device = "cuda" if device == "auto" and _cuda() else ("cpu" if device == "auto" else device)
     return str(pretrain(config, out, device=device, progress=logger.info).path)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 # Retries resume from the newest epoch checkpoint; caching is ours (run folder named by the config hash + `done`).

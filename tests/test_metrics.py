@@ -9,12 +9,12 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 from askshift.lib.robustness.metrics import (
     METRICS,
     accuracy,
-    auroc,
     balanced_accuracy,
     compute_metrics,
     macro_f1,
     metrics_from_predictions,
     metrics_table,
+    normalized_auroc,
     worst_group_accuracy,
 )
 from askshift.lib.store import ExperimentStore
@@ -42,16 +42,16 @@ def test_metrics_agree_with_scikit_learn_on_random_predictions():
     assert balanced_accuracy(labels, preds) == pytest.approx(balanced_accuracy_score(labels, preds))
     assert macro_f1(labels, preds) == pytest.approx(f1_score(labels, preds, average="macro"))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    assert auroc(labels, logits) == pytest.approx(2 * roc_auc_score(labels, probs, multi_class="ovr") - 1)
+    assert normalized_auroc(labels, logits) == pytest.approx(2 * roc_auc_score(labels, probs, multi_class="ovr") - 1)
 
 
 def test_auroc_is_reported_as_two_auc_minus_one():
     labels = np.array([0, 0, 1, 1])
     perfect = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-    assert auroc(labels, perfect) == pytest.approx(1.0)
-    assert auroc(labels, perfect[:, ::-1]) == pytest.approx(-1.0)
-    assert auroc(labels, np.zeros((4, 2))) == pytest.approx(0.0)  # ties: AUC 0.5 = chance
-    assert np.isnan(auroc(np.zeros(4, int), perfect))  # one class: undefined
+    assert normalized_auroc(labels, perfect) == pytest.approx(1.0)
+    assert normalized_auroc(labels, perfect[:, ::-1]) == pytest.approx(-1.0)
+    assert normalized_auroc(labels, np.zeros((4, 2))) == pytest.approx(0.0)  # ties: AUC 0.5 = chance
+    assert np.isnan(normalized_auroc(np.zeros(4, int), perfect))  # one class: undefined
 
 
 def test_metrics_from_stored_predictions_match_metrics_from_arrays(tmp_path):

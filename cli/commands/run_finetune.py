@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from askshift.cli.main import CliError, fail
+from askshift.lib.store import Store
 
 FLOW_NAME = "finetune"
 HELP = ("fine-tune pre-trained models (FT, LP, LP-FT, ZS-FT + a same-architecture scratch control) on a shift's "
@@ -123,7 +124,7 @@ def build_config(args: argparse.Namespace):
         from askshift.lib.data.specs import check_spec_data
 
         check_spec_data(get_spec(args.shift, dataset=args.dataset, root=args.root),
-                        args.cache_dir or str(Path(args.store).expanduser().resolve() / "_cache"))
+                        str(Store(args.store).cache_dir(args.cache_dir)))
     except (UnknownNameError, FinetuneInputError, PretrainedUnavailable, ValueError, OSError) as exc:
         raise fail(exc) from None
     data = {

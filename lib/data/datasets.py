@@ -367,12 +367,11 @@ def imagenet_wnids() -> list[str]:
 
 
 def imagenet_class_names() -> list[str]:
-    """Readable ImageNet-1k class names in class-index order (first lemma of each synset)."""
-    lemmas = {}
-    for line in _timm_info("imagenet_synset_to_lemma.txt").read_text().splitlines():
-        wnid, _, lemma = line.partition("\t")
-        lemmas[wnid] = lemma.split(",")[0].strip()
-    return [lemmas.get(w, w) for w in imagenet_wnids()]
+    """Readable ImageNet-1k class names in class-index order: open_clip's curated list (the one CLIP's zero-shot
+    heads were built with in the original; shipped with open_clip, no download).  The one source of these names."""
+    from open_clip import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES)
 
 
 def _descend(root: Path, looks_like_class: Callable[[str], bool]) -> Path:

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from askshift.lib.models.training import load_model_weights, place_images, place_model, resolve_device
+from askshift.lib.models.device import resolve_device
+from askshift.lib.models.training import load_model_weights, place_images, place_model
 from askshift.lib.store import ExperimentStore
 
 

@@ -398,12 +398,6 @@ def clip_templates(dataset: str | None = None) -> tuple:
 SIMPLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "an image of a {}.", "a picture of the {}.")
 
 
-def imagenet_class_names() -> tuple[str, ...]:
-    from open_clip import IMAGENET_CLASSNAMES
-
-    return tuple(IMAGENET_CLASSNAMES)
-
-
 def zero_shot_weights(clip_model: nn.Module, tokenizer, class_names: list[str] | tuple[str, ...], templates) -> torch.Tensor:
     """(classes, dim) zero-shot classifier: mean normalised text embedding per class, renormalised, × logit scale."""
     from open_clip import build_zero_shot_classifier

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from askshift.lib.models.device import resolve_device
 from askshift.lib.models.training import TrainConfig, place_images, place_model
 from askshift.lib.registry import Registry
 from askshift.lib.store import ExperimentStore, atomic_write_json
@@ -388,7 +389,7 @@ def _finetune_run_locked(exp: ExperimentStore, run: FinetuneRun, cache_dir: str 
     from askshift.lib.data.loaders import split_info
     from askshift.lib.data.specs import get_spec
     from askshift.lib.data.transforms import loader_config
-    from askshift.lib.models.training import epoch_loader_factory, resolve_device, seed_everything, train_model
+    from askshift.lib.models.training import epoch_loader_factory, seeded, train_model
 
     run_id = run.run_id()
     if exp.is_done(run_id):
@@ -405,8 +406,8 @@ def _finetune_run_locked(exp: ExperimentStore, run: FinetuneRun, cache_dir: str 
                            batch_size=run.train.batch_size, num_workers=num_workers, device=device)
     make_loader = epoch_loader_factory(spec, "source_train", cache_dir, config, run.train.seed)
 
-    seed_everything(run.train.seed)  # a new head (and a scratch model) follows the seed
-    model = build_initial_model(run, info.num_classes, exp)
+    with seeded(run.train.seed):  # a new head (and a scratch model) follows the seed
+        model = build_initial_model(run, info.num_classes, exp)
     log(f"{run.strategy} ({run.stage}) {run.model} lr={run.train.lr:g} seed={run.train.seed} on {device}: "
         f"{run.train.epochs} epochs (run {run_id})")
     result = train_model(model, make_loader, run.train, exp.checkpoint_dir(run_id), device=device, log=log)
@@ -593,7 +594,6 @@ def dfr_registered_model(
     saved and registered as ``<model_id>+dfr`` in group ``<group>+dfr``.  Skipped when it exists."""
     from askshift.lib.data.loaders import split_info, split_loader
     from askshift.lib.models.evaluation import eval_config, load_registered_model, model_record
-    from askshift.lib.models.training import resolve_device
     from askshift.lib.store import atomic_save_torch, content_hash
 
     new_id = f"{model_id}{group_suffix}"

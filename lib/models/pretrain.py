@@ -26,7 +26,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from askshift.lib.models.training import place_images, place_model
+from askshift.lib.models.device import resolve_device
+from askshift.lib.models.training import SEED_LOCK, place_images, place_model
 
 # Letters whose glyphs resemble a digit in some font (O/0, I/l/1, S/5, Z/2, B/8, b/6, g/q/9, G/6, T/7)
 # are left out so the corpus is disjoint from the digits task in shape, not only in label.
@@ -258,7 +259,7 @@ class PretrainResult:
 def pretrain(
     config: PretrainConfig,
     out: str | Path,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "auto",
     progress: Callable[[str], None] | None = print,
     force: bool = False,
 ) -> PretrainResult:
@@ -281,11 +282,12 @@ def pretrain(
                 progress(f"pretrain: reusing {out} (same config, val accuracy {meta.get('val_accuracy', float('nan')):.3f})")
             return PretrainResult(out, float(meta.get("val_accuracy", float("nan"))), 0.0, True)
 
-    device = torch.device(device)
+    device = resolve_device(device)
     start = time.time()
-    torch.manual_seed(config.seed)
-    corpus, fonts = make_corpus(config)
-    model = place_model(build_model(config.model, corpus.num_classes, img_size=config.image_size), device)
+    with SEED_LOCK:  # the one seeding lock (askshift.lib.models.training): initial weights follow config.seed only
+        torch.manual_seed(config.seed)
+        corpus, fonts = make_corpus(config)
+        model = place_model(build_model(config.model, corpus.num_classes, img_size=config.image_size), device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, config.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(

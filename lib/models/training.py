@@ -1,6 +1,7 @@
 """One training loop for every model family: TrainConfig, LR schedules, epoch checkpoints and exact resume."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -8,13 +9,14 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from askshift.lib.models.device import resolve_device
 from askshift.lib.store import ExperimentStore, atomic_save_torch, atomic_write_json, load_torch
 
 CHECKPOINT_FORMAT = 1
@@ -88,6 +90,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+# Tasks may run as threads of one process, sharing the global RNGs: whoever seeds them and builds from them (initial
+# weights, new heads) holds this one lock meanwhile, so a model's initial weights follow its own seed only.
+SEED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """``seed_everything(seed)`` and the block after it (building a model) under ``SEED_LOCK``."""
+    with SEED_LOCK:
+        seed_everything(seed)
+        yield
 
 
 # --- RNG state as plain tensors (checkpoints load with weights_only=True) -------------------
@@ -182,13 +197,6 @@ class TrainResult:
     final_checkpoint: Path
     resumed_from: int  # epochs already done when this call started (0 = fresh)
     seconds: float  # time spent in this call
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> cuda if available, else cpu; anything else is passed to ``torch.device``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # Convolutions run faster on channels-last tensors, on CPU (oneDNN) as on CUDA: a training step of cnn:small on
@@ -416,9 +424,6 @@ class RunConfig(BaseModel):
         return f"{self.model_label()}-ep{epoch}-{self.run_id()[:6]}"
 
 
-_INIT_LOCK = threading.Lock()
-
-
 def subset_indices(candidates: np.ndarray | int, fraction: float, seed: int) -> np.ndarray | None:
     """A seeded random ``fraction`` of ``candidates`` (example indices, or a count meaning ``arange(count)``),
     sorted; None when the fraction is 1 (every example)."""
@@ -492,8 +497,7 @@ def _train_run_locked(exp: ExperimentStore, run: RunConfig, cache_dir: str | Pat
                            translate=run.translate, device=device)
     make_loader = epoch_loader_factory(spec, "source_train", cache_dir, config, run.train.seed, indices)
 
-    with _INIT_LOCK:  # the global RNGs are shared by threads: initial weights must follow this run's seed only
-        seed_everything(run.train.seed)
+    with seeded(run.train.seed):  # initial weights follow this run's seed only
         model = build_model(run.architecture, info.num_classes, pretrained=run.pretrained, **run.model_options)
     log(f"training {run.model_label()} (run {run_id}) on {device}: "
         f"{len(indices) if indices is not None else info.num_examples} examples, {run.train.epochs} epochs")
@@ -514,7 +518,7 @@ def _train_run_locked(exp: ExperimentStore, run: RunConfig, cache_dir: str | Pat
 
 
 __all__ = [
-    "TrainConfig", "TrainResult", "EpochStats", "train_model", "lr_factor", "epoch_seed", "seed_everything",
-    "resolve_device", "load_model_weights", "load_latest_checkpoint", "checkpoint_path", "kept_checkpoint_path",
+    "TrainConfig", "TrainResult", "EpochStats", "train_model", "lr_factor", "epoch_seed", "seed_everything", "seeded", "SEED_LOCK",
+    "load_model_weights", "load_latest_checkpoint", "checkpoint_path", "kept_checkpoint_path",
     "training_checkpoints", "RunConfig", "train_run", "subset_indices",
 ]

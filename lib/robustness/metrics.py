@@ -55,8 +55,9 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def auroc(labels, logits) -> float:
-    """2·AUC − 1.  Binary (2 columns): AUC of the class-1 margin; multi-class: macro one-vs-rest over the
+def normalized_auroc(labels, logits) -> float:
+    """2·AUC − 1 (the Gini coefficient: 0 = chance, 1 = perfect; the ``auroc`` metric of ER tables, on the same
+    footing as accuracy).  ``askshift.lib.support.ratios.auroc`` is the plain AUC of the domain classifier.  Binary (2 columns): AUC of the class-1 margin; multi-class: macro one-vs-rest over the
     classes present with both positives and negatives.  NaN when fewer than two classes occur."""
     from sklearn.metrics import roc_auc_score
 
@@ -84,7 +85,7 @@ METRICS.add("balanced_accuracy", lambda labels, predictions, logits, groups: bal
 METRICS.add("worst_group_accuracy", lambda labels, predictions, logits, groups: worst_group_accuracy(labels, predictions, groups),
             "lowest accuracy over groups (negative group = none)")
 METRICS.add("macro_f1", lambda labels, predictions, logits, groups: macro_f1(labels, predictions), "unweighted mean F1 over classes")
-METRICS.add("auroc", lambda labels, predictions, logits, groups: auroc(labels, logits) if logits is not None else float("nan"),
+METRICS.add("auroc", lambda labels, predictions, logits, groups: normalized_auroc(labels, logits) if logits is not None else float("nan"),
             "2·AUC − 1 (one-vs-rest macro for many classes)")
 
 
@@ -172,7 +173,7 @@ def metrics_table(
 __all__ = [
     "METRICS",
     "accuracy",
-    "auroc",
+    "normalized_auroc",
     "balanced_accuracy",
     "compute_metrics",
     "logits_array",

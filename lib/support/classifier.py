@@ -100,8 +100,6 @@ class InMemoryImages:
         return Batches(make, n_batches)
 
 
-_init_lock = threading.Lock()
-
 
 class _OnceLock:
     """Holds ``lock`` from creation until the first ``release()``; later calls do nothing."""
@@ -238,17 +236,17 @@ def fit_domain_classifier(images: DomainImages, train_positions: np.ndarray, con
                           log: Callable[[str], None] = print) -> nn.Module:
     """Train a fresh two-class model (``config.model`` via askshift.lib.models.families) on ``train_positions`` only."""
     from askshift.lib.models.families import build_model
-    from askshift.lib.models.training import epoch_seed, seed_everything, train_model
+    from askshift.lib.models.training import SEED_LOCK, epoch_seed, seed_everything, train_model
 
     # Tasks may run as threads of one process, sharing torch's global RNG: seeding + building, and
     # train_model's own seeding at its start, happen under one lock, released when the first batch is asked for.
-    with _init_lock:
+    with SEED_LOCK:
         seed_everything(config.seed)  # initial weights follow the seed
         model = build_model(config.model, 2, pretrained=config.pretrained)
     for name, train_config in train_configs(config, lr, len(train_positions)):
         if hasattr(model, "freeze_backbone"):
             model.freeze_backbone(train_config.freeze_backbone)
-        gate = _OnceLock(_init_lock)
+        gate = _OnceLock(SEED_LOCK)
 
         def make_loader(epoch: int, _c=train_config, _gate=gate):
             _gate.release()
