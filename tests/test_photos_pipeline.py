@@ -18,7 +18,7 @@ def photos(tmp_path_factory):
 
 
 def test_model_transforms_come_from_timm_pretrained_cfg_open_clip_preprocess_and_a_cpu_default():
-    from askshift.lib.data.transforms import model_transform
+    from askshift.lib.models.inputs import model_transform
 
     resnet = model_transform("timm:resnet18")
     assert (resnet.resolution, resnet.crop_pct, resnet.interpolation) == (224, 0.95, "bicubic")
@@ -32,7 +32,7 @@ def test_model_transforms_come_from_timm_pretrained_cfg_open_clip_preprocess_and
 
 
 def test_photo_datasets_get_crops_at_the_model_resolution_and_arrays_stay_as_stored():
-    from askshift.lib.data.transforms import model_decoding
+    from askshift.lib.models.inputs import model_decoding
 
     train = model_decoding("timm:resnet18", "imagefolder", train=True)
     assert (train.decoder, train.resolution, train.flip) == ("imagenet_random_crop", 224, True)
@@ -48,7 +48,7 @@ def test_mixed_size_jpegs_decode_through_ffcvs_own_crop_decoders(photos, tmp_pat
 
     from askshift.lib.data.loaders import SplitLoader, _image_pipeline, split_beton, split_info, stored_shape
     from askshift.lib.data.specs import get_spec
-    from askshift.lib.data.transforms import loader_config
+    from askshift.lib.models.inputs import loader_config
 
     spec = get_spec("out_of_support", dataset="imagefolder", root=str(photos / "A"))
     _, beton = split_beton(spec, "source_train", tmp_path)
@@ -71,7 +71,7 @@ def test_mixed_size_jpegs_decode_through_ffcvs_own_crop_decoders(photos, tmp_pat
 def test_uint8_batches_are_the_stored_bytes_and_become_the_float_batch_on_the_device(photos, tmp_path):
     from askshift.lib.data.loaders import SplitLoader
     from askshift.lib.data.specs import get_spec
-    from askshift.lib.data.transforms import loader_config
+    from askshift.lib.models.inputs import loader_config
     from askshift.lib.models.training import place_images
 
     spec = get_spec("out_of_support", dataset="imagefolder", root=str(photos / "A"))
@@ -151,7 +151,7 @@ def test_labels_of_mixed_size_photos_survive_the_crop_pipeline(photos, tmp_path)
     """Every example comes out once in evaluation, with its own label (crops never reorder examples)."""
     from askshift.lib.data.loaders import SplitLoader, split_info
     from askshift.lib.data.specs import get_spec
-    from askshift.lib.data.transforms import loader_config
+    from askshift.lib.models.inputs import loader_config
 
     spec = get_spec("out_of_support", dataset="imagefolder", root=str(photos / "A"))
     info = split_info(spec, "source_val", tmp_path)

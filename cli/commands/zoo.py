@@ -66,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
         if not DEFAULT_RESULTS.is_dir():
             raise CliError("give --results DIR: a copy of timm's results/ folder (e.g. ../shared/data/timm-results)")
         results = str(DEFAULT_RESULTS)
+    from askshift.lib.report.zoo import zoo_report
     from askshift.lib.robustness.er import ERInputError, describe_interval, parse_fit_range
-    from askshift.lib.robustness.zoo import ZooInputError, zoo_report
+    from askshift.lib.robustness.zoo import ZooInputError
 
     try:
         report = zoo_report(results, args.shift, store=args.store, pretrained_pattern=args.pretrained_pattern,

@@ -132,7 +132,7 @@ def predict_to_store(
 def eval_config(record: dict[str, Any], dataset: str, **fields: Any):
     """The evaluation LoaderConfig of a registered model (its ``model_record``) on ``dataset``: its family's
     transform at its resolution (an unregistered model, ``{}``: the images as stored)."""
-    from askshift.lib.data.transforms import loader_config
+    from askshift.lib.models.inputs import loader_config
 
     return loader_config(dataset, record.get("architecture"), train=False, resolution=record.get("resolution"), **fields)
 

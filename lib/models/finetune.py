@@ -388,7 +388,7 @@ def _finetune_run_locked(exp: ExperimentStore, run: FinetuneRun, cache_dir: str 
                          num_workers: int, log: Callable[[str], None], eval_batch_size: int) -> RunOutcome:
     from askshift.lib.data.loaders import split_info
     from askshift.lib.data.specs import get_spec
-    from askshift.lib.data.transforms import loader_config
+    from askshift.lib.models.inputs import loader_config
     from askshift.lib.models.training import epoch_loader_factory, seeded, train_model
 
     run_id = run.run_id()
@@ -429,8 +429,8 @@ def _read_done(exp: ExperimentStore, run_id: str) -> dict:
 def reference_accuracy(model, spec, cache_dir, device, batch_size: int = 512, num_workers: int = 1,
                        architecture: str | None = None, resolution: int | None = None) -> float:
     """Accuracy on ``source_val`` (what the learning rate is selected by), read as ``architecture`` reads images."""
-    from askshift.lib.data.transforms import loader_config
     from askshift.lib.models.evaluation import eval_loader, predict
+    from askshift.lib.models.inputs import loader_config
 
     config = loader_config(spec.reference.dataset, architecture, train=False, resolution=resolution,
                            batch_size=batch_size, num_workers=num_workers, device=str(device))

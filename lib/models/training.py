@@ -478,8 +478,8 @@ def _train_run_locked(exp: ExperimentStore, run: RunConfig, cache_dir: str | Pat
                       num_workers: int, log: Callable[[str], None]) -> list[str]:
     from askshift.lib.data.loaders import split_info
     from askshift.lib.data.specs import get_spec
-    from askshift.lib.data.transforms import loader_config
     from askshift.lib.models.families import build_model
+    from askshift.lib.models.inputs import loader_config
 
     run_id = run.run_id()
     if exp.is_done(run_id):

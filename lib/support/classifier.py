@@ -351,7 +351,8 @@ def domain_decoding(setup: DomainSetup):
     """One decoding for both sides: photos on either side -> the classifier's centre crop at its resolution;
     same-size arrays -> as stored, both at the reference's side when the shifted images differ."""
     from askshift.lib.data.loaders import split_beton, stored_shape
-    from askshift.lib.data.transforms import Decoding, is_photo_dataset, model_transform
+    from askshift.lib.data.transforms import Decoding, is_photo_dataset
+    from askshift.lib.models.inputs import model_transform
 
     datasets = [setup.spec.distribution(s)[0].dataset for s in (setup.reference_split, setup.shifted_split)]
     resolution = setup.classifier.resolution
