@@ -3,17 +3,28 @@ every deployment takes the typed `execution` parameter."""
 from __future__ import annotations
 
 from askshift.flows.deployments import load_flow, read_deployment_specs, runner_deployments
+from askshift.flows.registry import FLOWS, cli_module
 
-# Deployment -> its entry flow (flows/deployed.py), which runs the askshift flow named second on a chosen backend.
-EXPECTED = {
-    "baseline": ("flows/deployed.py:run_baseline", "synthetic-shift-baseline"),
-    "finetune": ("flows/deployed.py:run_finetune", "pretrained-finetune"),
-    "hparam-ablation": ("flows/deployed.py:run_hparam_ablation", "hparam-ablation"),
-    "split": ("flows/deployed.py:run_split", "split_shift"),
-    "zoo-evaluation": ("flows/deployed.py:run_zoo_evaluation", "zoo_evaluate"),
-    "report": ("flows/deployed.py:run_report", "report"),
-    "demo": ("flows/deployed.py:run_demo", "demo"),
-}
+# Deployment -> its entry flow (flows/deployed.py), which runs the askshift flow named second on a chosen backend:
+# one deployment per entry of the flow registry.
+EXPECTED = {FLOWS.get(n).deployment: (f"flows/deployed.py:{FLOWS.get(n).entry}", FLOWS.get(n).load_flow().name)
+            for n in FLOWS.names()}
+
+
+def test_every_registered_flow_has_a_deployment_an_entry_flow_running_it_and_a_cli_command():
+    import importlib
+
+    assert set(FLOWS.names()) >= {"baseline", "finetune", "split", "zoo-evaluate", "report", "demo"}
+    for name in FLOWS.names():
+        entry = FLOWS.get(name)
+        flow, wrapper = entry.load_flow(), entry.load_entry()
+        assert flow.name in (wrapper.description or ""), (name, "entry flow's docstring names the flow it runs")
+        config = entry.load_config()
+        if config is not None:
+            assert "config" in wrapper.parameters.properties, name
+        if entry.cli:
+            module = importlib.import_module(cli_module(name))
+            assert callable(module.add_arguments) and callable(module.execute), name
 
 
 def test_prefect_yaml_declares_a_deployment_per_flow_on_the_process_pool():

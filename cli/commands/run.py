@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import pkgutil
 import sys
 import time
 import uuid
 from typing import Any, Iterator
 
-import askshift.cli.commands as commands_pkg
 from askshift.cli.main import CliError, error_line
+from askshift.flows.registry import FLOWS, cli_module
 
 
 @contextlib.contextmanager
@@ -42,11 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description="Run one askshift flow. Every flow accepts --backend and --profile.")
     flows_sub = parser.add_subparsers(dest="flow", metavar="FLOW")
     flows_sub.required = True
-    for info in sorted(pkgutil.iter_modules(commands_pkg.__path__), key=lambda m: m.name):
-        if not info.name.startswith("run_"):
+    for name in FLOWS.names():  # one registry of flows (askshift.flows.registry)
+        entry = FLOWS.get(name)
+        if not entry.cli:
             continue
-        module = importlib.import_module(f"askshift.cli.commands.{info.name}")
-        flow_parser = flows_sub.add_parser(module.FLOW_NAME, help=module.HELP, description=module.HELP)
+        module = importlib.import_module(cli_module(name))
+        flow_parser = flows_sub.add_parser(name, help=entry.help, description=entry.help)
         module.add_arguments(flow_parser)
         add_backend_arguments(flow_parser)
         flow_parser.set_defaults(func=_runner(module))

@@ -7,10 +7,6 @@ from typing import Any
 
 from askshift.cli.main import CliError, fail
 
-FLOW_NAME = "baseline"
-HELP = ("train from-scratch baseline models on a shift's reference data (epoch checkpoints x train fractions), "
-        "predict them on every split and write metrics, ER tables and the report")
-
 # CLI flag -> BaselineConfig field; flags left out keep the config file's (or the default) value.
 _LIST_FIELDS = {"widths": float, "train_fractions": float, "seeds": int, "keep_epochs": int}
 
@@ -122,4 +118,4 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
     return 0
 
 
-__all__ = ["FLOW_NAME", "HELP", "add_arguments", "execute", "build_config"]
+__all__ = ["add_arguments", "execute", "build_config"]

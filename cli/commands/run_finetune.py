@@ -8,10 +8,6 @@ from typing import Any
 from askshift.cli.main import CliError, fail
 from askshift.lib.store import Store
 
-FLOW_NAME = "finetune"
-HELP = ("fine-tune pre-trained models (FT, LP, LP-FT, ZS-FT + a same-architecture scratch control) on a shift's "
-        "reference data: LR sweep, best LR by reference-validation accuracy, copies, ER against the baseline line")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="digits", help="dataset name (default digits)")
@@ -173,4 +169,4 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
     return 0
 
 
-__all__ = ["FLOW_NAME", "HELP", "add_arguments", "execute", "build_config"]
+__all__ = ["add_arguments", "execute", "build_config"]

@@ -7,10 +7,6 @@ from typing import Any
 from askshift.cli.commands import run_finetune
 from askshift.cli.main import CliError, fail
 
-FLOW_NAME = "hparam"
-HELP = ("hyper-parameter ablation: fine-tune (or reuse) one model and strategy, then vary epochs, learning rate, "
-        "batch size and weight decay one at a time around the selected config and report ER per value")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_finetune.add_arguments(parser)
@@ -69,4 +65,4 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
     return 0
 
 
-__all__ = ["FLOW_NAME", "HELP", "add_arguments", "execute", "build_config"]
+__all__ = ["add_arguments", "execute", "build_config"]

@@ -6,10 +6,6 @@ from typing import Any
 
 from askshift.cli.main import CliError
 
-FLOW_NAME = "report"
-HELP = ("metrics from stored predictions, effective robustness of every shifted split against source_val "
-        "(full-range and comparable-baseline fits), plots and report.md, published as Prefect artifacts")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default="store", help="results store root (default ./store)")
@@ -62,4 +58,4 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
     return 0
 
 
-__all__ = ["FLOW_NAME", "HELP", "add_arguments", "execute"]
+__all__ = ["add_arguments", "execute"]

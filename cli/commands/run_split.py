@@ -6,11 +6,6 @@ from typing import Any
 
 from askshift.cli.main import CliError, fail
 
-FLOW_NAME = "split"
-HELP = ("split a shifted data set into the part the reference distribution covers (in-support) and the part it "
-        "does not (out-of-support) with a cross-fitted, calibrated domain classifier; write the membership, "
-        "split sizes per epsilon, ER per part and a report section")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data: either two data sets, or a synthetic shift preset")
@@ -160,4 +155,4 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
     return 0
 
 
-__all__ = ["FLOW_NAME", "HELP", "add_arguments", "execute", "build_config"]
+__all__ = ["add_arguments", "execute", "build_config"]

@@ -7,11 +7,6 @@ from typing import Any
 
 from askshift.cli.main import CliError, fail
 
-FLOW_NAME = "zoo-evaluate"
-HELP = ("predict published timm classifiers (weights in local files) on a reference and a shifted data set with each "
-        "model's own evaluation transform, split the shifted set into in-support and out-of-support parts (as "
-        "`run split`) and report the effective robustness of the pretrained vs the baseline models on each part")
-
 MODELS_HELP = ("text file of the models, one per line: `arch.tag group`, group = baseline (ImageNet-1k only, the ER "
                "line is fitted on these) or pretrained (extra pre-training data); separated by spaces or a comma, "
                "'#' starts a comment, a `model,group` header line is skipped (so lib/paper_zoo.csv works as it is). "
@@ -234,4 +229,4 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
     return 0
 
 
-__all__ = ["FLOW_NAME", "HELP", "add_arguments", "build_config", "execute", "read_model_list"]
+__all__ = ["add_arguments", "build_config", "execute", "read_model_list"]
