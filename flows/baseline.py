@@ -206,9 +206,9 @@ def synthetic_shift_baseline(config: BaselineConfig) -> str:
     print(line)
 
     if config.report:
-        from askshift.flows.report import publish_report_result, report
+        from askshift.flows.report import ReportConfig, publish_report_result, report
 
-        result = report(store, name)
+        result = report(ReportConfig(store=store, experiment=name))
         progress.advance(what="report")
         publish_report_result(result, store, name, headline)
     else:

@@ -27,7 +27,7 @@ from askshift.flows.demo_config import DemoConfig
 from askshift.flows.execution import Execution
 from askshift.flows.finetune import AblationConfig, FinetuneConfig, hparam_ablation, pretrained_finetune
 from askshift.flows.naming import run_name
-from askshift.flows.report import Fraction, Metric, Resamples, Scale, Seed, report
+from askshift.flows.report import ReportConfig, report
 from askshift.flows.split import SplitConfig, split_shift
 from askshift.flows.zoo import ZooConfig, zoo_evaluate
 from askshift.lib.report.markdown import ReportResult
@@ -113,42 +113,16 @@ def run_zoo_evaluation(config: ZooConfig, execution: Execution = Execution()) ->
 
 
 @flow(name="run-report", flow_run_name=run_name(naming.report_name))
-def run_report(
-    store: str,
-    experiment: str,
-    fit_range: tuple[Fraction, Fraction] | None = None,
-    scale: Scale = "probit",
-    metric: Metric = "accuracy",
-    baseline_group: str = "baseline",
-    bootstrap: Resamples = 0,
-    binomial: bool = False,
-    publish: bool = True,
-    bootstrap_examples: Resamples = 0,
-    seed: Seed = 0,
-    execution: Execution = Execution(),
-) -> ReportResult:
+def run_report(config: ReportConfig, execution: Execution = Execution()) -> ReportResult:
     """Effective-robustness report of one experiment folder (flow report) on the chosen backend.
 
     Args:
-        store: results store root, an absolute path (askshift serve shows the default store resolved)
-        experiment: experiment folder inside the store, e.g. digits-tint_p=0.5 (what the baseline flow prints)
-        fit_range: comparable-baseline window of reference accuracy, two fractions LO, HI (CLI --fit-range LO:HI);
-            empty: each judged group's own reference-accuracy range plus or minus 0.05
-        scale: axis transform of the line, probit (default) or logit (CLI --scale)
-        metric: metric on both axes (CLI --metric)
-        baseline_group: group of models the line is fitted on, with 3 or more models (CLI --baseline-group)
-        bootstrap: bootstrap band from this many resampled line fits; 0 = the t band (CLI --bootstrap)
-        binomial: per-model intervals also carry each model's own test-set noise (CLI --binomial)
-        publish: publish the report, the short ER tables and the result note as Prefect artifacts
-        bootstrap_examples: percentile intervals from this many resamples of the test examples and baselines;
-            0 = off; accuracy only (CLI --bootstrap-examples)
-        seed: seed of the bootstraps, 0 or more (CLI --seed)
+        config: the experiment folder (store: an absolute path, askshift serve shows the default store resolved;
+            experiment: what the baseline flow prints), how ER is computed and judged (er) and whether to publish
         execution: where the flow's tasks run: local, dask or slurm (slurm needs a profile), like askshift run
             report --backend B --profile P
     """
-    return run_on_backend(report, execution, store=store, experiment=experiment, fit_range=fit_range, scale=scale,
-                          metric=metric, baseline_group=baseline_group, bootstrap=bootstrap, binomial=binomial,
-                          publish=publish, bootstrap_examples=bootstrap_examples, seed=seed)
+    return run_on_backend(report, execution, config=config)
 
 
 @flow(name="run-demo", flow_run_name=run_name(naming.demo_name))

@@ -232,9 +232,9 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
 
     summary = []
     if config.report:
-        from askshift.flows.report import publish_report_result, report
+        from askshift.flows.report import ReportConfig, publish_report_result, report
 
-        result = report(store, name)
+        result = report(ReportConfig(store=store, experiment=name))
         progress.advance(what="report")
         summary = result.summary.to_dicts() if result.summary.height else []
         print(format_er_table(summary))
@@ -383,9 +383,9 @@ def _final_checkpoint(exp, run: FinetuneRun) -> Path:
 
 def er_report(store: str, experiment: str) -> list[dict]:
     """The report flow (metrics, ER tables, plots, report.md, artifacts); returns the per-group summary rows."""
-    from askshift.flows.report import report
+    from askshift.flows.report import ReportConfig, report
 
-    result = report(store, experiment)
+    result = report(ReportConfig(store=store, experiment=experiment))
     return result.summary.to_dicts() if result.summary.height else []
 
 

@@ -135,7 +135,7 @@ def zoo_name(p: Mapping[str, Any]) -> str:
 
 
 def report_name(p: Mapping[str, Any]) -> str:
-    return f"report {_get(p, 'experiment')}"
+    return f"report {_get(p, 'config.experiment')}"
 
 
 def demo_name(p: Mapping[str, Any]) -> str:

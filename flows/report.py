@@ -1,11 +1,9 @@
 """Flow ``report``: metrics from stored predictions -> effective robustness -> tables, plots, report.md, artifacts."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from askshift.flows.naming import report_name, run_name
 from askshift.lib.report.markdown import (
@@ -15,6 +13,7 @@ from askshift.lib.report.markdown import (
     result_markdown,
     summary_display_table,
 )
+from askshift.lib.robustness.er import ERSettings
 from askshift.lib.store import Store
 from askshift.tasks.reporting import (
     artifact_url,
@@ -26,23 +25,27 @@ from askshift.tasks.reporting import (
     store_words,
 )
 
-# Closed choices (dropdowns in the UI form) and limits (refused on Submit); the names come from askshift.lib.robustness.er / askshift.lib.robustness.metrics.
-Scale = Literal["probit", "logit"]
-Metric = Literal["accuracy", "balanced_accuracy", "worst_group_accuracy", "macro_f1", "auroc"]
-Fraction = Annotated[float, Field(ge=0, le=1)]
-Resamples = Annotated[int, Field(ge=0)]
-Seed = Annotated[int, Field(ge=0)]
+
+class ReportConfig(BaseModel):
+    """Parameters of the report flow (validated before any compute; the UI form of the report deployment)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    store: str = Field(description="results store root (an absolute path; a relative one is read from the runner's "
+                                   "working directory)")
+    experiment: str = Field(description="experiment folder inside the store, e.g. digits-tint_p=0.5 (what the "
+                                        "baseline flow prints)")
+    er: ERSettings = Field(default_factory=ERSettings, description="how effective robustness is computed and judged")
+    publish: bool = Field(True, description="publish the report, the short ER tables and the result note as "
+                                            "Prefect artifacts")
 
 
 @task(name="build ER report", cache_policy=NO_CACHE, task_run_name="ER report of {experiment}")
-def build_report_task(store: str, experiment: str, fit_range: tuple[float, float] | None, scale: str, metric: str,
-                      baseline_group: str, bootstrap: int, binomial: bool, bootstrap_examples: int = 0,
-                      seed: int = 0) -> ReportResult:
+def build_report_task(store: str, experiment: str, settings: ERSettings) -> ReportResult:
     exp = Store(store).experiment(experiment)
     if not exp.root.is_dir():
         raise FileNotFoundError(f"experiment {experiment!r} not found in store {store} (expected folder {exp.root})")
-    return build_report(exp, fit_range=fit_range, scale=scale, metric=metric, baseline_group=baseline_group,
-                        bootstrap=bootstrap, binomial=binomial, bootstrap_examples=bootstrap_examples, seed=seed)
+    return build_report(exp, settings)
 
 
 def publish_report(result: ReportResult, store: str, experiment: str) -> dict[str, str]:
@@ -107,19 +110,7 @@ def copy_report_to(flow_run_id: str, result: ReportResult, store: str, experimen
 
 
 @flow(name="report", log_prints=True, flow_run_name=run_name(report_name))
-def report(
-    store: str,
-    experiment: str,
-    fit_range: tuple[Fraction, Fraction] | None = None,
-    scale: Scale = "probit",
-    metric: Metric = "accuracy",
-    baseline_group: str = "baseline",
-    bootstrap: Resamples = 0,
-    binomial: bool = False,
-    publish: bool = True,
-    bootstrap_examples: Resamples = 0,
-    seed: Seed = 0,
-) -> ReportResult:
+def report(config: ReportConfig) -> ReportResult:
     """Effective-robustness report of one experiment folder of the store.
 
     Builds ``tables/metrics.parquet`` from stored predictions (when missing or stale), computes ER of every
@@ -128,30 +119,17 @@ def report(
     ``report.md``, and publishes artifacts ``KEY-report`` (markdown with the plots inlined), ``KEY-er`` and
     ``KEY-er-summary`` (short rounded tables; the Parquet files keep every column) and the result note
     ``KEY-result`` on the run the user opened, where KEY is the experiment's slug (``askshift.tasks.reporting``: the key
-    rule).  ``bootstrap_examples=N`` adds percentile intervals from N resamples of the stored predictions'
+    rule).  ``config.er.bootstrap_examples=N`` adds percentile intervals from N resamples of the stored predictions'
     examples (jointly for all models) and of the baselines (columns ``er_lower_example_bootstrap`` and
-    ``er_upper_example_bootstrap``, seeded by ``seed``).
+    ``er_upper_example_bootstrap``, seeded by ``config.er.seed``).
 
     Args:
-        store: results store root (an absolute path; a relative one is read from the runner's working directory)
-        experiment: experiment folder inside the store, e.g. digits-tint_p=0.5 (what the baseline flow prints)
-        fit_range: comparable-baseline window of reference accuracy, two fractions LO, HI (CLI --fit-range LO:HI);
-            empty: each judged group's own reference-accuracy range plus or minus 0.05
-        scale: axis transform of the line, probit (default) or logit (CLI --scale)
-        metric: metric on both axes (CLI --metric)
-        baseline_group: group of models the line is fitted on, with 3 or more models (CLI --baseline-group)
-        bootstrap: bootstrap band from this many resampled line fits; 0 = the t band (CLI --bootstrap)
-        binomial: per-model intervals also carry each model's own test-set noise (CLI --binomial)
-        publish: publish the report, the short ER tables and the result note as Prefect artifacts
-        bootstrap_examples: percentile intervals from this many resamples of the test examples and baselines;
-            0 = off; accuracy only (CLI --bootstrap-examples)
-        seed: seed of the bootstraps, 0 or more (CLI --seed)
+        config: the experiment folder (store, experiment), how ER is computed (er) and whether to publish artifacts
     """
-    store = str(Store(store).root)  # absolute from here on: keys, descriptions and paths name one folder
+    store, experiment = str(Store(config.store).root), config.experiment  # absolute: keys and paths name one folder
     # Submitted, not called: the task runner (--backend, a deployment's `execution`) decides where it runs.
-    result = build_report_task.submit(store, experiment, tuple(fit_range) if fit_range else None, scale, metric,
-                                      baseline_group, bootstrap, binomial, bootstrap_examples, seed).result()
-    if publish:
+    result = build_report_task.submit(store, experiment, config.er).result()
+    if config.publish:
         from prefect.context import FlowRunContext
 
         result.artifacts = publish_report(result, store, experiment)
@@ -163,4 +141,4 @@ def report(
     return result
 
 
-__all__ = ["Metric", "Scale", "publish_report", "publish_report_result", "report"]
+__all__ = ["ReportConfig", "publish_report", "publish_report_result", "report"]

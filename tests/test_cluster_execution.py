@@ -15,7 +15,7 @@ from askshift.flows.execution import Execution
 def _execution_error(tmp_path, execution: dict) -> str:
     """The one line a deployment run of the report flow fails with, given this `execution` parameter."""
     with pytest.raises(ParameterTypeError) as raised:
-        run_report.validate_parameters({"store": str(tmp_path), "experiment": "tiny", "execution": execution})
+        run_report.validate_parameters({"config": {"store": str(tmp_path), "experiment": "tiny"}, "execution": execution})
     (line,) = [line for line in str(raised.value).splitlines() if line.startswith(" - execution")]
     return line
 
@@ -59,7 +59,7 @@ def test_report_deployment_with_execution_dask_runs_the_report_task_in_a_dask_wo
     monkeypatch.setenv("ASKSHIFT_WORKER_WARM_IMPORTS", "")  # the report task needs no torch
     # A site's Dask worker preloads (here the probe) are kept next to askshift's own.
     with dask.config.set({"distributed.worker.preload": [str(PROBE)]}):
-        state = run_report(store=str(tmp_path / "store"), experiment="tiny", publish=False,
+        state = run_report(config={"store": str(tmp_path / "store"), "experiment": "tiny", "publish": False},
                            execution={"backend": "dask", "dask_workers": 1}, return_state=True)
     assert state.is_completed(), state
     assert (tmp_path / "store" / "tiny" / "report.md").exists()

@@ -19,12 +19,12 @@ def read_artifacts(keys: list[str]) -> dict:
 
 
 def test_report_flow_writes_the_report_and_publishes_table_and_markdown_artifacts(prefect_api, tmp_path):
-    from askshift.flows.report import report
+    from askshift.flows.report import ReportConfig, report
     from askshift.tasks.reporting import experiment_key
 
     store = tmp_path / "store"
     make_experiment(store / "tint-p0-9", subsplit=False)
-    result = report(store=str(store), experiment="tint-p0-9", fit_range=(0.6, 0.95))
+    result = report(ReportConfig(store=str(store), experiment="tint-p0-9", er={"fit_range": (0.6, 0.95)}))
     assert result.report_path.exists() and result.er_path.exists()
     assert result.summary.filter(result.summary["view"] == "comparable")["fit_range_lo"][0] == 0.6
 

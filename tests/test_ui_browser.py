@@ -201,8 +201,8 @@ def test_the_run_page_lists_its_result_and_the_report_renders_its_plots(served_u
 
     store = served_ui["base"] / "store"  # ./store of the serve folder: the default store, so no hash in keys
     make_experiment(store / "tiny")
-    typed = _start_run(served_ui, "report", {"store": str(store), "experiment": "tiny"}, name="tint study 3")
-    plain = _start_run(served_ui, "report", {"store": str(store), "experiment": "tiny"})
+    typed = _start_run(served_ui, "report", {"config": {"store": str(store), "experiment": "tiny"}}, name="tint study 3")
+    plain = _start_run(served_ui, "report", {"config": {"store": str(store), "experiment": "tiny"}})
     typed_run, plain_run = _finished(served_ui, typed), _finished(served_ui, plain)
     assert typed_run["state"]["type"] == plain_run["state"]["type"] == "COMPLETED"
     assert typed_run["name"] == "tint study 3"  # the name typed in the form is kept

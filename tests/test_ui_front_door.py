@@ -72,10 +72,11 @@ BAD_FORMS = [
     ("finetune", {"config": {"models": ["nosuch"]}}),
     ("finetune", {"config": {"preset": "nosuch"}}),
     ("finetune", {"config": {"seed": -1}}),
-    ("report", {"store": "/s", "experiment": "e", "scale": "linear"}),
-    ("report", {"store": "/s", "experiment": "e", "metric": "nosuch"}),
-    ("report", {"store": "/s", "experiment": "e", "fit_range": [0.5, 1.5]}),
-    ("report", {"store": "/s", "experiment": "e", "bootstrap": -1}),
+    ("report", {"config": {"store": "/s", "experiment": "e", "er": {"scale": "linear"}}}),
+    ("report", {"config": {"store": "/s", "experiment": "e", "er": {"metric": "nosuch"}}}),
+    ("report", {"config": {"store": "/s", "experiment": "e", "er": {"fit_range": [0.5, 1.5]}}}),
+    ("report", {"config": {"store": "/s", "experiment": "e", "er": {"bootstrap": -1}}}),
+    ("report", {"config": {"store": "/s"}}),
     ("demo", {"config": {"baseline_fractions": [2.0]}}),
     ("demo", {"config": {"seed": -1}}),
 ]
@@ -103,16 +104,15 @@ def test_the_form_schema_accepts_every_deployments_defaults_and_good_pairs():
 def test_closed_choices_are_the_registries_names():
     import typing
 
-    from askshift.flows.report import Metric, Scale
     from askshift.lib.models.finetune import PRESETS, STRATEGIES
     from askshift.lib.names import FinetunePreset, Strategy
-    from askshift.lib.robustness.er import SCALES
+    from askshift.lib.robustness.er import SCALES, ERSettings
     from askshift.lib.robustness.metrics import METRICS
 
     assert sorted(typing.get_args(Strategy)) == STRATEGIES.names()
     assert sorted(typing.get_args(FinetunePreset)) == PRESETS.names()
-    assert sorted(typing.get_args(Metric)) == METRICS.names()
-    assert sorted(typing.get_args(Scale)) == SCALES.names()
+    assert sorted(typing.get_args(ERSettings.model_fields["metric"].annotation)) == METRICS.names()
+    assert sorted(typing.get_args(ERSettings.model_fields["scale"].annotation)) == SCALES.names()
 
 
 @pytest.mark.parametrize("values, words", [
@@ -182,7 +182,7 @@ def test_run_names_say_what_the_run_does_and_keep_a_typed_name(monkeypatch):
     _fake_run_context(monkeypatch, "tint study 3", deployment=False, parameters={"config": {"dataset": "cifar10"}})
     assert name() == "baseline cifar10 tint_p=0.5 ep6 (local)"  # not a deployment run: Prefect's own names only
     _fake_run_context(monkeypatch, "broad-snail", deployment=False, parent=True,
-                      parameters={"store": "/s", "experiment": "imagefolder-out_of_support"})
+                      parameters={"config": {"store": "/s", "experiment": "imagefolder-out_of_support"}})
     assert run_name(report_name)() == "report imagefolder-out_of_support"  # a subflow: its parent says where
 
 
@@ -313,7 +313,7 @@ def test_deployment_entry_flow_carries_the_result_note_and_link_on_its_own_run(p
 
     store = tmp_path / "store"
     make_experiment(store / "tiny")
-    result = run_report(store=str(store), experiment="tiny")
+    result = run_report(config={"store": str(store), "experiment": "tiny"})
     stem = experiment_key("tiny", store)
 
     run, artifacts, children = _runs_and_artifacts("run-report")

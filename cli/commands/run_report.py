@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from askshift.cli.main import CliError
+from askshift.cli.main import CliError, fail
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstraps (default 0)")
 
 
-def execute(args: argparse.Namespace, task_runner: Any) -> int:
+def build_config(args: argparse.Namespace):
+    """ReportConfig from the flags; every user error becomes one CliError line before the server starts."""
+    from pydantic import ValidationError
+
+    from askshift.flows.report import ReportConfig
     from askshift.lib.robustness.er import SCALES, ERInputError, parse_fit_range
     from askshift.lib.robustness.metrics import METRICS
     from askshift.lib.store import Store
@@ -45,17 +49,27 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
     exp = Store(args.store).experiment(args.experiment)
     if not exp.root.is_dir():
         raise CliError(f"no experiment {args.experiment!r} in store {args.store} (expected folder {exp.root})")
+    er = {"fit_range": fit_range, "scale": args.scale, "metric": args.metric, "baseline_group": args.baseline_group,
+          "bootstrap": args.bootstrap, "binomial": args.binomial, "bootstrap_examples": args.bootstrap_examples,
+          "seed": args.seed}
+    try:
+        return ReportConfig(store=args.store, experiment=args.experiment, er=er)
+    except ValidationError as exc:
+        raise fail(exc, "report") from None
+
+
+def execute(args: argparse.Namespace, task_runner: Any) -> int:
+    config = getattr(args, "prepared", None) or build_config(args)  # checked before the server started
     from askshift.flows.report import report
+    from askshift.lib.robustness.er import ERInputError
 
     flow = report if task_runner is None else report.with_options(task_runner=task_runner)
     try:
-        result = flow(store=args.store, experiment=args.experiment, fit_range=fit_range, scale=args.scale,
-                      metric=args.metric, baseline_group=args.baseline_group, bootstrap=args.bootstrap,
-                      binomial=args.binomial, bootstrap_examples=args.bootstrap_examples, seed=args.seed)
+        result = flow(config)
     except ERInputError as exc:
         raise CliError(" ".join(str(exc).split())) from None
     print(result.report_path)
     return 0
 
 
-__all__ = ["add_arguments", "execute"]
+__all__ = ["add_arguments", "build_config", "execute"]

@@ -10,7 +10,7 @@ import base64
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import polars as pl
@@ -19,6 +19,7 @@ from askshift.lib.robustness.er import (
     EXAMPLE_BOOTSTRAP_COLUMNS,
     ERInputError,
     ERResult,
+    ERSettings,
     FitComparison,
     LineFit,
     accuracy_pairs,
@@ -390,29 +391,24 @@ def add_example_bootstrap(exp: ExperimentStore, comparison: FitComparison, refer
 
 def build_report(
     exp: ExperimentStore,
+    settings: ERSettings | None = None,
     reference_split: str = "source_val",
-    fit_range: tuple[float, float] | None = None,
-    scale: str = "probit",
-    metric: str = "accuracy",
-    baseline_group: str = "baseline",
-    margin: float = 0.05,
-    bootstrap: int = 0,
-    seed: int = 0,
-    binomial: bool = False,
     refresh_metrics: bool = False,
     title: str | None = None,
-    bootstrap_examples: int = 0,
+    **er: Any,
 ) -> ReportResult:
     """ER of every shifted split ``<target>_val`` (whole, and in/out-of-support parts when the split flow
     wrote them) against ``reference_split``; writes tables/metrics.parquet, tables/er.parquet,
     tables/er_summary.parquet, plots/*.png and report.md into ``exp`` and returns what it wrote.
 
-    ``fit_range=(lo, hi)`` fixes the comparable-baseline window; by default each judged group's window is
-    its own reference-accuracy range ± ``margin``.  ``bootstrap_examples=N`` adds percentile intervals from N
-    resamples of the test examples (jointly for all models) and of the baseline models (accuracy only).
+    ``settings`` (``ERSettings``; keyword arguments ``er`` override its fields): with ``fit_range=(lo, hi)`` the
+    comparable-baseline window is fixed; by default each judged group's window is its own reference-accuracy range
+    ± ``margin``.  ``bootstrap_examples=N`` adds percentile intervals from N resamples of the test examples (jointly
+    for all models) and of the baseline models (accuracy only).
     """
-    if bootstrap_examples < 0:
-        raise ERInputError(f"bootstrap-examples must be a number of resamples >= 0, got {bootstrap_examples}")
+    settings = ERSettings.model_validate({**(settings or ERSettings()).model_dump(), **er})
+    scale, metric, baseline_group = settings.scale, settings.metric, settings.baseline_group
+    margin, bootstrap_examples, seed, binomial = settings.margin, settings.bootstrap_examples, settings.seed, settings.binomial
     if bootstrap_examples and metric != "accuracy":
         raise ERInputError(f"--bootstrap-examples resamples per-example correctness: it needs --metric accuracy, not {metric!r}")
     metrics = ensure_metrics(exp, refresh=refresh_metrics)
@@ -439,8 +435,7 @@ def build_report(
             shifted = metrics.filter((pl.col("split") == shift) & (pl.col("sub_split") == sub))
             pairs = accuracy_pairs(pl.concat([reference, shifted]), reference_split, shift, metric=metric)
             try:
-                comparison = compare_fits(pairs, baseline_group=baseline_group, scale=scale, fit_range=fit_range,
-                                          margin=margin, bootstrap=bootstrap, seed=seed, binomial=binomial)
+                comparison = compare_fits(pairs, **settings.comparison_kwargs())
             except ERInputError as exc:
                 head = f"## {shift} ({SUB_SPLIT_TITLES.get(sub, sub)})"
                 sections.append(ShiftSection(shift, sub, None, f"{head}\n\nNo ER: {exc}.\n", error=str(exc)))
@@ -459,9 +454,7 @@ def build_report(
                            f"written: the tables of the last report ({exp.table_path('er').parent}) are kept")
     er_table = pl.concat(er_frames, how="vertical_relaxed") if er_frames else pl.DataFrame()
     summary = pl.concat(summary_frames, how="vertical_relaxed") if summary_frames else pl.DataFrame()
-    config = {"reference_split": reference_split, "fit_range": fit_range, "scale": scale, "metric": metric,
-              "baseline_group": baseline_group, "margin": margin, "bootstrap": bootstrap, "seed": seed, "binomial": binomial,
-              "bootstrap_examples": bootstrap_examples}
+    config = {"reference_split": reference_split, **settings.model_dump()}
     er_path = exp.write_table("er", er_table, config=config)
     summary_path = exp.write_table("er_summary", summary, config=config)
     intro = [

@@ -64,10 +64,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence
+from typing import Annotated, Any, Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import special  # not scipy.stats: it triples the start-up time of `askshift er`
 
 from askshift.lib.registry import Registry, UnknownNameError
@@ -95,6 +96,47 @@ GROUP_COLUMNS = (
     "group", "n_models", "effective_robustness", "er_lower", "er_upper", "er_lower_total", "er_upper_total",
     "er_se", "line_se", "spread_se", "n_extrapolated", "extrapolated", "weak_line", "inverse_line", "caution",
 )
+
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Resamples = Annotated[int, Field(ge=0)]
+MetricName = Literal["accuracy", "balanced_accuracy", "worst_group_accuracy", "macro_f1", "auroc"]
+
+
+class ERSettings(BaseModel):
+    """How effective robustness is computed and judged: the one definition of these settings, read by
+    ``build_report``, the report flow (its UI form), ``askshift run report`` and the flows that report; ``fit_kwargs``
+    and ``comparison_kwargs`` are what ``effective_robustness`` and ``compare_fits`` take."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    baseline_group: str = Field("baseline", description="group of models the line is fitted on, with 3 or more "
+                                                        "models (CLI --baseline-group)")
+    scale: Literal["probit", "logit"] = Field("probit", description="axis transform of the line, probit (default) or "
+                                                                    "logit (CLI --scale)")
+    metric: MetricName = Field("accuracy", description="metric on both axes (CLI --metric)")
+    fit_range: tuple[Fraction, Fraction] | None = Field(
+        None, description="comparable-baseline window of reference accuracy, two fractions LO, HI (CLI --fit-range "
+                          "LO:HI); empty: each judged group's own reference-accuracy range plus or minus the margin")
+    margin: Fraction = Field(0.05, description="half-width added around a judged group's reference-accuracy range for "
+                                               "its comparable baselines")
+    bootstrap: Resamples = Field(0, description="bootstrap band from this many resampled line fits; 0 = the t band "
+                                                "(CLI --bootstrap)")
+    binomial: bool = Field(False, description="per-model intervals also carry each model's own test-set noise "
+                                              "(CLI --binomial)")
+    bootstrap_examples: Resamples = Field(0, description="percentile intervals from this many resamples of the test "
+                                                         "examples and baselines; 0 = off; accuracy only "
+                                                         "(CLI --bootstrap-examples)")
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of the bootstraps, 0 or more (CLI --seed)")
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``effective_robustness``."""
+        return {"baseline_group": self.baseline_group, "scale": self.scale, "bootstrap": self.bootstrap,
+                "seed": self.seed, "binomial": self.binomial}
+
+    def comparison_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``compare_fits``."""
+        return {**self.fit_kwargs(), "fit_range": self.fit_range, "margin": self.margin}
 
 
 class ERInputError(ValueError):
@@ -1376,7 +1418,7 @@ def accuracy_pairs(
     return joined.select(order)
 
 
-__all__ = [
+__all__ = ["ERSettings", 
     "CLI_COLUMNS",
     "ComparableView",
     "ERInputError",
