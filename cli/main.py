@@ -1,4 +1,4 @@
-"""The ``askshift`` command line: every module in ``flows/commands/`` contributes one sub-command."""
+"""The ``askshift`` command line: every module in ``cli/commands/`` contributes one sub-command."""
 from __future__ import annotations
 
 import argparse

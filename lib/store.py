@@ -221,11 +221,12 @@ def atomic_save_torch(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
-def load_torch(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """Load a checkpoint safely: tensors and plain containers only (``weights_only=True``)."""
+def load_torch(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """Load a checkpoint safely: tensors and plain containers only (``weights_only=True``); ``mmap`` maps the file
+    instead of reading it (large published weights)."""
     import torch
 
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def read_json(path: str | os.PathLike) -> Any:

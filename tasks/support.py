@@ -13,6 +13,7 @@ from askshift.lib.store import ExperimentStore, Store, atomic_write_parquet
 from askshift.lib.support.classifier import DomainSetup, domain_images, fit_and_score, load_domain_data
 from askshift.lib.support.ratios import auroc, fold_plan, tuning_fold
 from askshift.tasks.retry import retry_if_transient
+from askshift.tasks.tags import GPU_TAG
 
 
 def _scores_done(exp: ExperimentStore, run_id: str):
@@ -36,7 +37,7 @@ def _fit(exp: ExperimentStore, setup: DomainSetup, run_id: str, data, train, hel
     return scores
 
 
-@task(name="domain classifier: one learning rate", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
+@task(name="domain classifier: one learning rate", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE, tags=[GPU_TAG],
       retry_condition_fn=retry_if_transient,
       task_run_name="tune {setup.shifted_split}: lr={lr:g}")
 def fit_lr_point(store: str, experiment: str, setup: DomainSetup, lr: float, device: str = "cpu",
@@ -56,7 +57,7 @@ def fit_lr_point(store: str, experiment: str, setup: DomainSetup, lr: float, dev
     return value
 
 
-@task(name="domain classifier: one fold", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
+@task(name="domain classifier: one fold", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE, tags=[GPU_TAG],
       retry_condition_fn=retry_if_transient,
       task_run_name="fold {fold} of {setup.shifted_split}")
 def fit_fold(store: str, experiment: str, setup: DomainSetup, fold: int, lr: float, device: str = "cpu",

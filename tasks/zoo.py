@@ -7,9 +7,10 @@ from prefect.cache_policies import NO_CACHE
 from askshift.lib.data.specs import ExperimentSpec
 from askshift.lib.store import Store
 from askshift.tasks.retry import retry_if_transient
+from askshift.tasks.tags import GPU_TAG
 
 
-@task(name="predict one zoo model", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
+@task(name="predict one zoo model", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE, tags=[GPU_TAG],
       retry_condition_fn=retry_if_transient,
       task_run_name="zoo {model} on {split}")
 def predict_zoo_model(store: str, experiment: str, model: str, split: str, spec: ExperimentSpec, cache_dir: str,

@@ -144,6 +144,7 @@ def _timed_demo(demo, config) -> tuple[str, list[str]]:
 
     from askshift.flows.run_times import task_seconds
     from askshift.flows.time_budget import budget_lines, budget_markdown, time_budget
+    from askshift.lib.store import atomic_write_text
 
     tag = f"askshift-demo-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()  # from here: the temporary server's start counts as orchestration too
@@ -155,5 +156,5 @@ def _timed_demo(demo, config) -> tuple[str, list[str]]:
     except Exception as exc:  # noqa: BLE001 -- the budget is a note on the run; its results are already written
         return report, [f"Time budget: not available ({type(exc).__name__}: {exc})"]
     path = Path(report)
-    path.write_text(path.read_text().rstrip("\n") + "\n\n" + budget_markdown(table, wall))
+    atomic_write_text(path, path.read_text().rstrip("\n") + "\n\n" + budget_markdown(table, wall))
     return report, budget_lines(table, wall)

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from askshift.lib.store import load_torch
+
 ZOO_CSV = Path(str(resources.files("askshift.lib.robustness") / "paper_zoo.csv"))
 # Groups as the experiment store records them; "baseline" is what the ER line is fitted on.
 BASELINE_GROUP = "baseline"
@@ -68,7 +70,7 @@ def weights_head_size(name: str, path: str | Path) -> int | None:
             with safe_open(str(path), framework="pt") as fh:
                 return int(fh.get_slice(key).get_shape()[0]) if key in fh.keys() else None
         # askshift.lib.store.load_torch's safe load, memory-mapped: only one tensor's shape is read.
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = load_torch(path, mmap=True)
     except Exception:  # noqa: BLE001 -- an unreadable file fails later with torch's own message
         return None
     if isinstance(state, dict):
