@@ -35,7 +35,7 @@ from askshift.lib.support.ratios import (
     fold_plan,
     separation_failure,
 )
-from askshift.tasks.support import fit_fold, fit_lr_point
+from askshift.tasks.support import DOMAIN_IMAGES, fit_fold, fit_lr_point
 
 
 class SplitConfig(BaseModel):
@@ -217,7 +217,7 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
                                                                title=f"{split}: domain classifier")}
     if config.examples_per_row:
         picked = pick_examples(estimate, None, config.examples_per_row, config.seed)
-        rows = [(label, position_images(setup, data, picked[label]))
+        rows = [(label, position_images(setup, data, picked[label], cache=DOMAIN_IMAGES))
                 for label in ("reference", "in-support", "out-of-support")]
         plots["examples"] = example_grid(rows, exp.plot_path(f"support_examples_{target}"),
                                          title=f"{split} at ε = {config.epsilon:g}")

@@ -10,10 +10,20 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from askshift.lib.store import ExperimentStore, Store, atomic_write_parquet
-from askshift.lib.support.classifier import DomainSetup, domain_images, fit_and_score, load_domain_data
+from askshift.lib.support.classifier import (
+    DomainImageCache,
+    DomainSetup,
+    domain_images,
+    fit_and_score,
+    load_domain_data,
+)
 from askshift.lib.support.ratios import auroc, fold_plan, tuning_fold
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.tags import GPU_TAG
+
+# The folds and learning-rate points of a split, run as threads of one process, read the in-memory domain-classifier
+# images once; the two most recent sets are kept (the split flow's example grid reads them too).
+DOMAIN_IMAGES = DomainImageCache(max_entries=2)
 
 
 def _scores_done(exp: ExperimentStore, run_id: str):
@@ -29,7 +39,7 @@ def _fit(exp: ExperimentStore, setup: DomainSetup, run_id: str, data, train, hel
     """Train, score the held-out positions, store the scores and mark the run done; returns the scores table."""
     import polars as pl
 
-    images = domain_images(setup, data, num_workers)
+    images = domain_images(setup, data, num_workers, cache=DOMAIN_IMAGES)
     logits = fit_and_score(setup, data, images, train, heldout, lr, exp.run_dir(run_id) / "checkpoints", device, log)
     scores = pl.DataFrame({"position": heldout, "domain": data.domain[heldout], "logit": logits})
     atomic_write_parquet(exp.run_dir(run_id) / "scores.parquet", scores)

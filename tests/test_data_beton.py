@@ -195,3 +195,14 @@ def test_classes_filter_restricts_a_split_to_chosen_classes(arrays, cache):
     expected = np.flatnonzero(np.isin(data["val_labels"], [1, 3]))
     assert info.indices.tolist() == expected.tolist() and info.num_examples == len(expected)
     assert len(info.groups) == N_VAL  # groups stay indexed by example index
+
+
+def test_the_loader_pool_is_bounded_in_loaders_per_key_and_in_keys():
+    from askshift.lib.data.loaders import LoaderPool
+
+    pool = LoaderPool(max_idle_per_key=2, max_keys=3)
+    for key in range(5):
+        for copy in range(3):
+            pool.give_back(("file", key), f"loader {key}.{copy}")
+    assert len(pool) == 3 * 2  # three newest keys, two loaders each
+    assert pool.take(("file", 0)) is None and pool.take(("file", 4)) == "loader 4.1"

@@ -94,3 +94,17 @@ def test_training_and_heldout_positions_may_not_overlap(tmp_path):
     setup = DomainSetup(spec=get_spec("out_of_support"), shifted_split="tint_val", cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="overlap"):
         fit_and_score(setup, data, None, np.array([1, 2, 3]), np.array([3, 4]), 1e-3, tmp_path)
+
+
+def test_the_domain_image_cache_reads_each_key_once_and_keeps_the_newest_entries():
+    from askshift.lib.support.classifier import DomainImageCache
+
+    cache, reads = DomainImageCache(max_entries=2), []
+
+    def reader(key):
+        return lambda: reads.append(key) or f"images {key}"
+
+    for key in ("a", "a", "b", "a", "c", "b"):
+        assert cache.get_or_read(key, reader(key)) == f"images {key}"
+    assert reads == ["a", "b", "c", "b"]  # "b" was the least recently used when "c" came in
+    assert len(cache) == 2

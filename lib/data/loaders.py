@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -341,12 +342,17 @@ class PoolStats:
 
 
 class LoaderPool:
-    """Idle FFCV Loaders by (file, pipeline, train); a loader is used by one SplitLoader at a time."""
+    """Idle FFCV Loaders by (file, pipeline, train); a loader is used by one SplitLoader at a time.
 
-    def __init__(self, max_idle_per_key: int = 2):
-        self._idle: dict[tuple, list] = {}
+    Bounded: at most ``max_idle_per_key`` idle loaders per key and ``max_keys`` keys, the least recently returned
+    key dropped first (each idle loader holds its pipeline's buffers: a batch of images per ``batches_ahead``).
+    """
+
+    def __init__(self, max_idle_per_key: int = 2, max_keys: int = 8):
+        self._idle: OrderedDict[tuple, list] = OrderedDict()
         self._lock = threading.Lock()
         self.max_idle_per_key = max_idle_per_key
+        self.max_keys = max_keys
         self.stats = PoolStats()
 
     @staticmethod
@@ -371,8 +377,16 @@ class LoaderPool:
     def give_back(self, key: tuple, loader) -> None:
         with self._lock:
             idle = self._idle.setdefault(key, [])
+            self._idle.move_to_end(key)
             if len(idle) < self.max_idle_per_key:
                 idle.append(loader)
+            while len(self._idle) > self.max_keys:
+                self._idle.popitem(last=False)
+
+    def __len__(self) -> int:
+        """Idle loaders held."""
+        with self._lock:
+            return sum(len(v) for v in self._idle.values())
 
     def clear(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -293,8 +294,33 @@ class DomainSetup(BaseModel):
         return f"support-{kind}-" + content_hash({"setup": self, "kind": kind, **extra})
 
 
-_images_lock = threading.Lock()
-_images_cache: dict[str, InMemoryImages] = {}
+class DomainImageCache:
+    """In-memory domain-classifier images by content key, the ``max_entries`` most recently used kept: the folds
+    and learning-rate points of one split read their images once.  Owned by the split flow's tasks
+    (``askshift.tasks.support.DOMAIN_IMAGES``); without one, every call reads afresh."""
+
+    def __init__(self, max_entries: int = 2):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, InMemoryImages] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_read(self, key: str, read: Callable[[], InMemoryImages]) -> InMemoryImages:
+        with self._lock:  # one reader per key: the folds of a split run as threads of one process
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            images = read()
+            self._entries[key] = images
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+            return images
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def load_domain_data(setup: DomainSetup) -> DomainData:
@@ -383,8 +409,9 @@ def split_reader(setup: DomainSetup, split: str, num_workers: int = 1) -> SplitR
     return read
 
 
-def domain_images(setup: DomainSetup, data: DomainData, num_workers: int = 1) -> DomainImages:
-    """In-memory images for small sets (read once per process, shared by every fold); streaming otherwise."""
+def domain_images(setup: DomainSetup, data: DomainData, num_workers: int = 1,
+                  cache: DomainImageCache | None = None) -> DomainImages:
+    """In-memory images for small sets (read once per ``cache``, shared by every fold); streaming otherwise."""
     read_ref = split_reader(setup, setup.reference_split, num_workers)
     read_shift = split_reader(setup, setup.shifted_split, num_workers)
     in_memory = setup.classifier.in_memory
@@ -394,12 +421,14 @@ def domain_images(setup: DomainSetup, data: DomainData, num_workers: int = 1) ->
         return StreamingImages(data, read_ref, read_shift)
     key = content_hash({"spec": setup.spec, "ref": setup.reference_split, "shift": setup.shifted_split,
                         "cache": setup.cache_dir, "index": data.index.tolist(), "domain": data.domain.tolist()})
-    with _images_lock:
-        if key not in _images_cache:
-            threads = torch.get_num_threads()
-            _images_cache[key] = in_memory_images(data, read_ref, read_shift, flip=setup.classifier.flip)
-            torch.set_num_threads(threads)  # FFCV loaders change the process-wide thread count
-        return _images_cache[key]
+
+    def read() -> InMemoryImages:
+        threads = torch.get_num_threads()
+        images = in_memory_images(data, read_ref, read_shift, flip=setup.classifier.flip)
+        torch.set_num_threads(threads)  # FFCV loaders change the process-wide thread count
+        return images
+
+    return cache.get_or_read(key, read) if cache is not None else read()
 
 
 def fit_and_score(setup: DomainSetup, data: DomainData, images: DomainImages, train: np.ndarray,
@@ -412,13 +441,14 @@ def fit_and_score(setup: DomainSetup, data: DomainData, images: DomainImages, tr
     return score_positions(model, images, heldout, batch_size=max(256, setup.classifier.batch_size), device=device)
 
 
-def position_images(setup: DomainSetup, data: DomainData, positions: np.ndarray) -> np.ndarray:
-    """uint8 NCHW images of some positions (the report's example grid): from memory when the folds held
-    the images there, else read through the FFCV loaders."""
+def position_images(setup: DomainSetup, data: DomainData, positions: np.ndarray,
+                    cache: DomainImageCache | None = None) -> np.ndarray:
+    """uint8 NCHW images of some positions (the report's example grid): from memory when ``cache`` holds the
+    folds' images (or the set is small), else read through the FFCV loaders."""
     positions = np.asarray(positions, np.int64)
     if positions.size == 0:
         return np.zeros((0, 3, 8, 8), np.uint8)
-    images = domain_images(setup, data)
+    images = domain_images(setup, data, cache=cache)
     if isinstance(images, InMemoryImages):
         return images.images[torch.from_numpy(positions)].numpy()
     threads = torch.get_num_threads()
