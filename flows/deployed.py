@@ -21,6 +21,7 @@ from typing import Any
 from prefect import Flow, flow, get_run_logger
 
 from askshift.flows import naming
+from askshift.flows.ask import AskConfig, ask
 from askshift.flows.baseline import BaselineConfig, synthetic_shift_baseline
 from askshift.flows.demo import demo
 from askshift.flows.demo_config import DemoConfig
@@ -123,6 +124,19 @@ def run_report(config: ReportConfig, execution: Execution = Execution()) -> Repo
             report --backend B --profile P
     """
     return run_on_backend(report, execution, config=config)
+
+
+@flow(name="run-ask", flow_run_name=run_name(naming.ask_name))
+def run_ask(config: AskConfig, execution: Execution = Execution()) -> dict[str, Any]:
+    """Will pre-training help on this shift? (flow ask) on the chosen backend.
+
+    Args:
+        config: the reference data and the folder of shifted images (split.spec, target 'shifted'), the domain
+            classifier, epsilon and the store; models_from names trained models for a label-free ER estimate
+        execution: where the flow's tasks run: local, dask or slurm (slurm needs a profile), like askshift ask
+            --backend B --profile P
+    """
+    return run_on_backend(ask, execution, config=config)
 
 
 @flow(name="run-demo", flow_run_name=run_name(naming.demo_name))

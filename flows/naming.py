@@ -138,10 +138,14 @@ def report_name(p: Mapping[str, Any]) -> str:
     return f"report {_get(p, 'config.experiment')}"
 
 
+def ask_name(p: Mapping[str, Any]) -> str:
+    return f"ask {_get(p, 'config.split.spec.name', 'shift')}"
+
+
 def demo_name(p: Mapping[str, Any]) -> str:
     quick = _get(p, "config.quick", False)
     return f"demo {'quick' if quick else 'full'} {_get(p, 'config.dataset', 'digits')} seed {_get(p, 'config.seed', 0)}"
 
 
 __all__ = ["backend_label", "is_generated_name", "run_name", "baseline_name", "finetune_name", "ablation_name",
-           "split_name", "zoo_name", "report_name", "demo_name"]
+           "split_name", "zoo_name", "report_name", "ask_name", "demo_name"]

@@ -80,6 +80,11 @@ register_flow("report", FlowEntry(
     deployment="report", entry="run_report",
     help="metrics from stored predictions, effective robustness of every shifted split against source_val "
          "(full-range and comparable-baseline fits), plots and report.md, published as Prefect artifacts"))
+register_flow("ask", FlowEntry(
+    flow="askshift.flows.ask:ask", config="askshift.flows.ask:AskConfig",
+    deployment="ask", entry="run_ask",
+    help="will pre-training help on this shift? a reference data set and a folder of shifted images (no labels "
+         "needed) -> in-support / out-of-support split, the verdict, its evidence and a label-free ER estimate"))
 register_flow("demo", FlowEntry(
     flow="askshift.flows.demo:demo", config="askshift.flows.demo_config:DemoConfig",
     deployment="demo", entry="run_demo", cli=False,

@@ -20,7 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from askshift.flows.naming import run_name, split_name
 from askshift.lib.data.specs import ExperimentSpec
 from askshift.lib.store import ExperimentStore, Store, atomic_write_text
-from askshift.lib.support.classifier import DomainSetup, load_domain_data, parity_spec, position_images
+from askshift.lib.support.classifier import (
+    DomainSetup,
+    load_domain_data,
+    parity_spec,
+    position_images,
+    shifted_is_labelled,
+)
 from askshift.lib.support.ratios import (
     DEFAULT_EPSILON,
     DEFAULT_FOLDS,
@@ -151,6 +157,7 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
     import polars as pl
 
     from askshift.lib.report.support import (
+        SupportER,
         example_grid,
         pick_examples,
         probability_histogram,
@@ -181,16 +188,23 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
     plan = fold_plan(data, config.folds, config.seed)
     futures = [fit_fold.submit(store, name, setup, k, lr, config.device, config.num_workers) for k in range(config.folds)]
     wait(futures)
-    scores = []
+    scores, distances, nearest = [], [], []
     for fold, future in zip(plan, futures):
-        positions, logits = future.result()
-        order = np.argsort(positions)
-        if not np.array_equal(np.asarray(positions)[order], np.sort(fold.heldout)):
+        out = future.result()
+        positions = np.asarray(out["position"], np.int64)
+        if not np.array_equal(np.sort(positions), np.sort(fold.heldout)):
             raise RuntimeError(f"fold {fold.fold} scored other examples than its held-out part; "
                                f"delete {exp.root / 'runs'} entries of this split and re-run")
-        held = dict(zip(positions, logits))
-        scores.append(np.array([held[int(p)] for p in fold.heldout]))
+        row = {int(p): j for j, p in enumerate(positions.tolist())}
+        order = np.array([row[int(p)] for p in fold.heldout])
+        scores.append(np.asarray(out["logit"], np.float64)[order])
+        distances.append(np.asarray(out["nn_distance"], np.float64)[order])
+        nearest.append(np.asarray(out["nn_position"], np.float64)[order])
     logits = assemble_cross_fit(len(data), plan, scores)
+    # Each position's distance to its nearest reference example, in the feature space of the fold model that did not
+    # train on it (a second opinion on support: askshift.lib.support.evidence.knn_second_opinion).
+    nn_distance = assemble_cross_fit(len(data), plan, distances)
+    nn_position = assemble_cross_fit(len(data), plan, nearest).astype(np.int64)
     fold_of = np.empty(len(data), np.int64)
     for fold in plan:
         fold_of[fold.heldout] = fold.fold
@@ -198,15 +212,19 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
     estimate: SupportEstimate = estimate_support(data, logits, fold_of, config.epsilons, config.epsilon)
     exp.write_subsplit(split, estimate.subsplit_table())
     resolved = {"split_config": config, "lr": lr, "alpha": estimate.calibration.alpha, "auroc": estimate.auroc}
-    exp.write_table(f"support_scores_{target}", estimate.scores_table(), config=resolved)
+    exp.write_table(f"support_scores_{target}", estimate.scores_table().with_columns(
+        pl.Series("nn_distance", nn_distance), pl.Series("nn_position", nn_position)), config=resolved)
     sizes = estimate.sweep()
     exp.write_table(f"support_sizes_{target}", sizes, config=resolved)
     failure = separation_failure(estimate.auroc)
     log(f"{split}: AUROC {estimate.auroc:.3f}, alpha {estimate.calibration.alpha:.4g}"
         + (f" -- WARNING: {failure}" if failure else ""))
 
-    er = support_er(exp, config.eval_reference_split, split, config.baseline_group,
-                    bootstrap_examples=config.bootstrap_examples, seed=config.seed)
+    if shifted_is_labelled(setup):
+        er = support_er(exp, config.eval_reference_split, split, config.baseline_group,
+                        bootstrap_examples=config.bootstrap_examples, seed=config.seed)
+    else:  # accuracy needs labels: a folder of unlabeled images gets a label-free estimate instead (askshift ask)
+        er = SupportER(pl.DataFrame(), pl.DataFrame(), {"all": f"{split} has no labels: no accuracy, no ER"})
     if er.groups.height:
         exp.write_table(f"support_er_{target}", er.groups, config=resolved)
         if er.fits.height:

@@ -26,22 +26,33 @@ from askshift.tasks.tags import GPU_TAG
 DOMAIN_IMAGES = DomainImageCache(max_entries=2)
 
 
-def _scores_done(exp: ExperimentStore, run_id: str):
+NEIGHBOUR_COLUMNS = ("nn_distance", "nn_position")
+
+
+def _scores_done(exp: ExperimentStore, run_id: str, columns: tuple[str, ...] = ()):
+    """The stored scores of a finished run, None when the run is not done or lacks ``columns`` (a fold scored before
+    the nearest-neighbour columns existed: refitting resumes from its last checkpoint, so it only re-scores)."""
     import polars as pl
 
     if exp.is_done(run_id):
-        return pl.read_parquet(exp.run_dir(run_id) / "scores.parquet")
+        scores = pl.read_parquet(exp.run_dir(run_id) / "scores.parquet")
+        if all(c in scores.columns for c in columns):
+            return scores
     return None
 
 
 def _fit(exp: ExperimentStore, setup: DomainSetup, run_id: str, data, train, heldout, lr: float, device: str,
-         num_workers: int, log):
-    """Train, score the held-out positions, store the scores and mark the run done; returns the scores table."""
+         num_workers: int, log, neighbours: bool = False):
+    """Train, score the held-out positions (and, with ``neighbours``, their nearest reference positions), store the
+    scores and mark the run done; returns the scores table."""
     import polars as pl
 
     images = domain_images(setup, data, num_workers, cache=DOMAIN_IMAGES)
-    logits = fit_and_score(setup, data, images, train, heldout, lr, exp.run_dir(run_id) / "checkpoints", device, log)
-    scores = pl.DataFrame({"position": heldout, "domain": data.domain[heldout], "logit": logits})
+    out = fit_and_score(setup, data, images, train, heldout, lr, exp.run_dir(run_id) / "checkpoints", device, log,
+                        neighbours=neighbours)
+    logits, *near = out if neighbours else (out,)
+    scores = pl.DataFrame({"position": heldout, "domain": data.domain[heldout], "logit": logits,
+                           **dict(zip(NEIGHBOUR_COLUMNS, near))})
     atomic_write_parquet(exp.run_dir(run_id) / "scores.parquet", scores)
     exp.mark_done(run_id, {"positions": int(heldout.size), "lr": lr})
     return scores
@@ -71,16 +82,18 @@ def fit_lr_point(store: str, experiment: str, setup: DomainSetup, lr: float, dev
       retry_condition_fn=retry_if_transient,
       task_run_name="fold {fold} of {setup.shifted_split}")
 def fit_fold(store: str, experiment: str, setup: DomainSetup, fold: int, lr: float, device: str = "cpu",
-             num_workers: int = 1) -> tuple[list[int], list[float]]:
-    """Train on every fold but ``fold`` and score ``fold``'s examples: (positions, logits)."""
+             num_workers: int = 1) -> dict[str, list]:
+    """Train on every fold but ``fold`` and score ``fold``'s examples: their positions, domain logits, and distance
+    to (and position of) the nearest reference example in this fold model's feature space."""
     logger = get_run_logger()
     exp = Store(store).experiment(experiment)
     run_id = setup.run_id("fold", fold=fold, lr=lr)
     with exp.run_lock(run_id):
-        done = _scores_done(exp, run_id)
+        done = _scores_done(exp, run_id, NEIGHBOUR_COLUMNS)
         if done is None:
             data = load_domain_data(setup)
             plan = fold_plan(data, setup.folds, setup.seed)[fold]
-            done = _fit(exp, setup, run_id, data, plan.train, plan.heldout, lr, device, num_workers, logger.info)
+            done = _fit(exp, setup, run_id, data, plan.train, plan.heldout, lr, device, num_workers, logger.info,
+                        neighbours=True)
     logger.info(f"fold {fold}: scored {done.height} held-out examples")
-    return done["position"].to_list(), done["logit"].to_list()
+    return {c: done[c].to_list() for c in ("position", "logit", *NEIGHBOUR_COLUMNS)}

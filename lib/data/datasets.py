@@ -109,16 +109,17 @@ class DatasetInfo:
     needs_root: bool
     layout: str
     photos: bool = False  # images of mixed sizes: read with crops at the model's resolution (askshift.lib.data.transforms)
+    labelled: bool = True  # False: no labels (every label is 0): a shifted side for the domain classifier only
 
 
 _INFO: dict[str, DatasetInfo] = {}
 
 
 def register_dataset(name: str, description: str, splits: Sequence[str], needs_root: bool, layout: str,
-                     photos: bool = False):
+                     photos: bool = False, labelled: bool = True):
     def decorator(fn: DatasetBuilder) -> DatasetBuilder:
         DATASETS.add(name, fn, description)
-        _INFO[name] = DatasetInfo(tuple(splits), needs_root, layout, photos)
+        _INFO[name] = DatasetInfo(tuple(splits), needs_root, layout, photos, labelled)
         return fn
 
     return decorator
@@ -310,6 +311,27 @@ def _folder_dataset(name: str, split: str, paths: list[Path], labels: np.ndarray
         class_mask=class_mask,
         files=list(paths),
     )
+
+
+IMAGES_LAYOUT = "ROOT/<image> (a folder of images, sub-folders included; no class folders needed, no labels)"
+
+
+@register_dataset(
+    "images",
+    "a folder of images without labels, ROOT/*.jpg (sub-folders included): the shifted side of `askshift ask`",
+    splits=("all",),
+    needs_root=True,
+    layout=IMAGES_LAYOUT,
+    photos=True,
+    labelled=False,
+)
+def images(root: str, split: str = "all") -> ImageDataset:
+    """Every image file under ``root``, in path order, each labelled 0 (no labels are known)."""
+    _check_split("images", split, ("all",))
+    base = _require_dir(Path(root).expanduser(), "images", IMAGES_LAYOUT)
+    paths = sorted(p for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                   and not p.name.startswith("."))
+    return _folder_dataset("images", split, paths, np.zeros(len(paths), np.int64), ["unlabelled"], IMAGES_LAYOUT, base)
 
 
 IMAGEFOLDER_LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (ImageFolder; classes = sorted train/ folders)"

@@ -323,6 +323,13 @@ class DomainImageCache:
             self._entries.clear()
 
 
+def shifted_is_labelled(setup: DomainSetup) -> bool:
+    """False when the shifted side is a folder of images without labels (dataset ``images``)."""
+    from askshift.lib.data.datasets import dataset_info
+
+    return dataset_info(setup.spec.distribution(setup.shifted_split)[0].dataset).labelled
+
+
 def load_domain_data(setup: DomainSetup) -> DomainData:
     """The reference sample plus the shifted set, as DomainData (checks classes and fold counts first)."""
     from askshift.lib.data.loaders import split_info
@@ -333,7 +340,8 @@ def load_domain_data(setup: DomainSetup) -> DomainData:
     shift_idx = np.asarray(shifted.indices, np.int64)
     ref_labels = np.asarray(ref.labels)[ref_idx]
     shift_labels = np.asarray(shifted.labels)[shift_idx]
-    chosen = sample_reference(ref_labels, shift_labels, setup.classifier.reference_size, setup.seed)
+    chosen = sample_reference(ref_labels, shift_labels if shifted_is_labelled(setup) else None,
+                              setup.classifier.reference_size, setup.seed)
     groups = None
     if shifted.groups is not None:
         g = np.asarray(shifted.groups)[shift_idx]
@@ -433,19 +441,70 @@ def domain_images(setup: DomainSetup, data: DomainData, num_workers: int = 1,
 
 def fit_and_score(setup: DomainSetup, data: DomainData, images: DomainImages, train: np.ndarray,
                   heldout: np.ndarray, lr: float, checkpoint_dir: str | Path, device: str | torch.device = "cpu",
-                  log: Callable[[str], None] = print) -> np.ndarray:
-    """Train on ``train`` positions, return the domain logits of ``heldout`` positions (never trained on)."""
+                  log: Callable[[str], None] = print, neighbours: bool = False):
+    """Train on ``train`` positions, return the domain logits of ``heldout`` positions (never trained on); with
+    ``neighbours``, also ``nearest_reference`` of the held-out positions in the same model's feature space:
+    ``(logits, distances, nearest positions)``."""
     if np.intersect1d(train, heldout).size:
         raise ValueError("training and held-out positions overlap: the held-out scores would be biased")
     model = fit_domain_classifier(images, train, setup.classifier, lr, checkpoint_dir, device, log)
-    return score_positions(model, images, heldout, batch_size=max(256, setup.classifier.batch_size), device=device)
+    batch_size = max(256, setup.classifier.batch_size)
+    logits = score_positions(model, images, heldout, batch_size=batch_size, device=device)
+    if not neighbours:
+        return logits
+    pool = train[data.domain[train] == 0]
+    distances, nearest = nearest_reference(model, images, pool, heldout, batch_size, device, seed=setup.seed)
+    return logits, distances, nearest
+
+
+# The reference positions a fold's held-out examples are measured against: a seeded sample of its training reference
+# positions (enough for a stable 1-NN distance; the full reference would cost a prediction pass per fold).
+NEIGHBOUR_POOL_MAX = 5000
+
+
+@torch.no_grad()
+def embed_positions(model: nn.Module, images: DomainImages, positions: np.ndarray, batch_size: int = 512,
+                    device: str | torch.device = "cpu") -> np.ndarray:
+    """Unit-length penultimate features (``model.features``) of some positions, in the given order."""
+    from askshift.lib.models.device import resolve_device
+    from askshift.lib.models.training import place_images, place_model
+
+    device = resolve_device(device)
+    was_training = model.training
+    place_model(model, device).eval()
+    embed = getattr(model, "features", model)
+    chunks, order = [], []
+    try:
+        for x, _, got in images.eval_batches(np.asarray(positions, np.int64), batch_size):
+            chunks.append(embed(place_images(x, device)).flatten(1).float().cpu())
+            order.append(np.asarray(got, np.int64))
+    finally:
+        model.train(was_training)
+    features = torch.nn.functional.normalize(torch.cat(chunks), dim=1).numpy()
+    where = {int(p): j for j, p in enumerate(np.concatenate(order).tolist())}
+    return features[[where[int(p)] for p in positions]]
+
+
+def nearest_reference(model: nn.Module, images: DomainImages, pool: np.ndarray, query: np.ndarray,
+                      batch_size: int = 512, device: str | torch.device = "cpu", seed: int = 0,
+                      pool_max: int = NEIGHBOUR_POOL_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """Distance from each ``query`` position to its nearest ``pool`` (reference) position in the model's feature
+    space, and that position: the second opinion's raw material (``askshift.lib.support.evidence``)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    pool = np.asarray(pool, np.int64)
+    if pool.size > pool_max:
+        pool = np.sort(np.random.default_rng([seed, 0x4E4E]).choice(pool, size=pool_max, replace=False))
+    index = NearestNeighbors(n_neighbors=1).fit(embed_positions(model, images, pool, batch_size, device))
+    distances, nearest = index.kneighbors(embed_positions(model, images, query, batch_size, device))
+    return distances[:, 0], pool[nearest[:, 0]]
 
 
 def position_images(setup: DomainSetup, data: DomainData, positions: np.ndarray,
                     cache: DomainImageCache | None = None) -> np.ndarray:
     """uint8 NCHW images of some positions (the report's example grid): from memory when ``cache`` holds the
     folds' images (or the set is small), else read through the FFCV loaders."""
-    positions = np.asarray(positions, np.int64)
+    positions = np.ascontiguousarray(positions, np.int64)
     if positions.size == 0:
         return np.zeros((0, 3, 8, 8), np.uint8)
     images = domain_images(setup, data, cache=cache)

@@ -131,10 +131,14 @@ def reference_class_mask(reference_labels: np.ndarray, shifted_labels: np.ndarra
     return np.isin(np.asarray(reference_labels), classes)
 
 
-def sample_reference(reference_labels: np.ndarray, shifted_labels: np.ndarray, size: int | None,
+def sample_reference(reference_labels: np.ndarray, shifted_labels: np.ndarray | None, size: int | None,
                      seed: int = 0) -> np.ndarray:
-    """Indices of the reference examples the domain classifier sees (restricted to the shifted set's classes)."""
-    candidates = np.flatnonzero(reference_class_mask(reference_labels, shifted_labels))
+    """Indices of the reference examples the domain classifier sees: restricted to the shifted set's classes, or
+    every reference example when the shifted set has no labels (``shifted_labels`` None)."""
+    if shifted_labels is None:
+        candidates = np.arange(len(reference_labels))
+    else:
+        candidates = np.flatnonzero(reference_class_mask(reference_labels, shifted_labels))
     if size is None or size >= candidates.size:
         return candidates
     return np.sort(np.random.default_rng(seed).choice(candidates, size=size, replace=False))

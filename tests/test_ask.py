@@ -1,0 +1,149 @@
+"""``askshift ask``: unlabeled shifted images -> the verdict, with known answers on digits mixtures and photos."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from photo_fixtures import convert_folder, make_flat_folder, make_imagefolder
+from PIL import Image
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def askshift(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("askshift")
+    env = {**os.environ, "ASKSHIFT_LOADER_POOL": os.environ.get("ASKSHIFT_LOADER_POOL", "1")}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+def write_png(images: np.ndarray, paths: list[Path]) -> None:
+    for image, path in zip(images, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+
+
+def write_mixture_folders(root: Path, out_fraction: float, seed: int) -> tuple[Path, Path, np.ndarray]:
+    """The known-answer digits mixture as files: the reference as an ImageFolder (train/ and val/), the shifted
+    set as a flat folder of unlabeled PNGs, and the true out-of-support membership of each shifted file."""
+    from askshift.lib.support.known_answer import MixtureConfig, build_mixture
+
+    mixture = build_mixture(MixtureConfig(seed=seed, out_fraction=out_fraction, copies=1))
+    reference = root / "reference"
+    names = [reference / ("val" if i % 5 == 0 else "train") / str(y) / f"{i:05d}.png"
+             for i, y in enumerate(mixture.reference_labels)]
+    write_png(mixture.reference_images, names)
+    shifted = root / "shifted"
+    write_png(mixture.shifted_images, [shifted / f"{i:05d}.png" for i in range(len(mixture.shifted_labels))])
+    return reference, shifted, mixture.out_of_support
+
+
+def closing(out: subprocess.CompletedProcess) -> tuple[float, float, str]:
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0, out.stderr[-3000:]
+    auroc_line, share_line, verdict_line = lines[-3:]
+    assert auroc_line.startswith("auroc: ") and share_line.startswith("out_of_support: "), lines[-3:]
+    import re
+
+    m = re.fullmatch(r"out_of_support: (\d\.\d\d) \[(\d\.\d\d), (\d\.\d\d)\] \(epsilon=0\.2, (\d+) of (\d+)\)",
+                     share_line)
+    assert m, share_line
+    share, lo, hi = float(m[1]), float(m[2]), float(m[3])
+    assert lo <= share <= hi
+    assert verdict_line.startswith("verdict: ")
+    return float(auroc_line.split()[1]), share, verdict_line.split(": ", 1)[1]
+
+
+FAST = ("--folds", "3", "--resolution", "16", "--lrs", "0.003", "--resamples", "500")
+
+
+def test_a_folder_of_images_without_labels_is_a_dataset(tmp_path):
+    from askshift.lib.data.datasets import dataset_info, load_dataset
+
+    make_flat_folder(tmp_path / "flat", n=5, seed=1)
+    make_flat_folder(tmp_path / "flat" / "more", n=2, seed=2, fmt="png")
+    (tmp_path / "flat" / ".DS_Store").write_bytes(b"\0\1")
+    (tmp_path / "flat" / "notes.txt").write_text("not an image")
+    data = load_dataset("images", "all", tmp_path / "flat")
+    assert len(data) == 7 and set(data.labels.tolist()) == {0} and data.class_names == ["unlabelled"]
+    assert not dataset_info("images").labelled and dataset_info("imagefolder").labelled
+    assert data.image_array(0).ndim == 3
+
+
+def test_ask_refuses_bad_input_with_one_line_before_compute(tmp_path):
+    make_flat_folder(tmp_path / "flat", n=4)
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--reference", "digits", "--shifted-root", str(tmp_path / "missing")], "missing folder"),
+        (["--reference", "digits", "--shifted-root", str(tmp_path / "empty")], "no images"),
+        (["--reference", "nosuch", "--shifted-root", str(tmp_path / "flat")], "unknown dataset"),
+        (["--reference", "digits", "--shifted-root", str(tmp_path / "flat"), "--epsilon", "2"], "epsilon"),
+    ]
+    for args, words in cases:
+        out = askshift("ask", *args, "--store", str(tmp_path / "store"), cwd=tmp_path)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and words in lines[0], (args, out.stderr[-2000:])
+        assert not (tmp_path / "store").exists()
+    # Sizes are known once the data is read (its .beton written): still one last line, before any training.
+    out = askshift("ask", "--reference", "digits", "--shifted-root", str(tmp_path / "flat"), "--folds", "9",
+                   "--store", str(tmp_path / "store"), cwd=tmp_path)
+    assert out.returncode == 2 and "fewer than the 9 folds" in out.stderr.strip().splitlines()[-1]
+    assert not list((tmp_path / "store").glob("ask-*/runs"))
+
+
+def test_ask_help_documents_the_verdict_thresholds(tmp_path):
+    from askshift.lib.support.evidence import HELP_SHARE, NO_SHIFT_AUROC
+
+    out = askshift("ask", "--help", cwd=tmp_path)
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0 and "likely to help" in text and "no detectable shift" in text
+    assert f"{NO_SHIFT_AUROC:g}" in text and f"{HELP_SHARE:g}" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("out_fraction, seed, expected", [
+    (0.95, 0, "likely to help"),  # unseen tints: colours the reference never shows
+    (0.02, 1, "unlikely to help"),  # palette tints in new combinations with the digits: in-support
+])
+def test_ask_on_digits_mixtures_gives_the_papers_reading(tmp_path, out_fraction, seed, expected):
+    reference, shifted, truth = write_mixture_folders(tmp_path, out_fraction, seed)
+    out = askshift("ask", "--reference", "imagefolder", "--reference-root", str(reference), "--shifted-root",
+                   str(shifted), "--store", str(tmp_path / "store"), "--seed", str(seed), *FAST, cwd=tmp_path)
+    auroc, share, verdict = closing(out)
+    assert verdict == expected, out.stdout[-3000:]
+    if expected == "likely to help":
+        assert auroc > 0.9 and share > 0.6
+    else:
+        assert share < 0.15
+    report = next((tmp_path / "store").glob("ask-*/ask.md")).read_text()
+    for evidence in ("Verdict", "AUROC", "Second opinion", "reliability", "ask_share_sweep", "ask_examples"):
+        assert evidence in report, evidence
+
+
+@pytest.mark.slow
+def test_ask_on_a_half_out_of_support_mixture_finds_about_half(tmp_path):
+    reference, shifted, truth = write_mixture_folders(tmp_path, 0.5, seed=2)
+    out = askshift("ask", "--reference", "imagefolder", "--reference-root", str(reference), "--shifted-root",
+                   str(shifted), "--store", str(tmp_path / "store"), "--seed", "2", *FAST, cwd=tmp_path)
+    auroc, share, verdict = closing(out)
+    assert abs(share - truth.mean()) < 0.2, (share, truth.mean())
+    # The membership per file agrees with the truth far better than chance.
+    exp = next((tmp_path / "store").glob("ask-*"))
+    membership = pl.read_parquet(exp / "subsplits" / "shifted_val.parquet").sort("index")
+    found = (membership["support"] == "out").to_numpy()
+    assert (found == truth).mean() > 0.7
+
+
+@pytest.mark.slow
+def test_ask_on_the_same_photos_in_another_file_format_finds_no_shift(tmp_path):
+    make_imagefolder(tmp_path / "A", classes=3, per_class=(20, 20), seed=5)
+    convert_folder(tmp_path / "A" / "val", tmp_path / "val_png", "png")  # identical pixels, PNG instead of JPEG
+    out = askshift("ask", "--reference", "imagefolder", "--reference-root", str(tmp_path / "A"), "--shifted-root",
+                   str(tmp_path / "val_png"), "--store", str(tmp_path / "store"), "--folds", "3", "--lrs", "0.003",
+                   "--resamples", "500", cwd=tmp_path)
+    auroc, share, verdict = closing(out)
+    assert auroc < 0.6 and verdict == "no detectable shift", out.stdout[-3000:]
