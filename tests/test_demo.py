@@ -248,3 +248,38 @@ def test_mixed_shift_is_a_function_of_the_seed_and_keeps_a_reference_validation_
     assert spec.splits() == ["source_train", "source_val", "mixed_val"]
     assert len(a["refval_labels"]) == len(a["mixed_labels"]) and a["shifted_out_of_support"].any()
     assert a["train_images"].shape[1:] == (32, 32, 3)
+
+
+@pytest.mark.slow
+def test_label_free_er_from_atc_gets_the_sign_and_size_of_the_true_er_on_the_demo_shifts(quick_demo):
+    """ATC estimates each model's accuracy on the shifted split from its confidences alone (labels ignored); the
+    label-free ER built on them should get the sign and the order of magnitude of the true ER right: clearly
+    positive on unseen tint, near zero on the spurious tint p=0.5."""
+    from askshift.flows.demo_config import DemoConfig
+    from askshift.lib.report.ask import estimate_er_per_part, models_with_reference_predictions
+    from askshift.lib.robustness.er import accuracy_pairs, effective_robustness
+    from askshift.lib.robustness.metrics import metrics_table
+    from askshift.lib.store import Store
+
+    config = DemoConfig.make(quick=True, seed=3, store=str(quick_demo["store"]))
+    found = {}
+    for preset, split in (("out_of_support", "tint_val"), ("tint_p=0.5", "tint_val")):
+        exp = Store(quick_demo["store"]).experiment(config.experiment_name(preset))
+        models = models_with_reference_predictions(exp, "source_val")
+        membership = pl.DataFrame({"index": exp.read_predictions(models[0], split)["index"], "support": "in"})
+        estimate = estimate_er_per_part(exp, membership, models, "source_val", split)["table"]
+        truth = effective_robustness(accuracy_pairs(metrics_table(exp, splits=["source_val", split]), "source_val",
+                                                    split)).groups
+        for group in ("ft", "lp-ft"):
+            est = estimate.filter((pl.col("part") == "all") & (pl.col("group") == group))["effective_robustness"][0]
+            true = truth.filter(pl.col("group") == group)["effective_robustness"][0]
+            found[preset, group] = (est, true)
+    print({k: (round(e, 3), round(t, 3)) for k, (e, t) in found.items()})
+    # In-support (the models' confidence stays calibrated): the estimate follows the truth.
+    for group in ("ft", "lp-ft"):
+        est, true = found["tint_p=0.5", group]
+        assert abs(est - true) < 0.06 and est < 0.03, (group, est, true)
+    # Out-of-support (unseen tint), ATC's assumption fails: the models are confidently wrong, and the estimate
+    # overstates the accuracy of every model; the ask report says so next to the numbers of that part.
+    est, true = found["out_of_support", "ft"]
+    assert est > true, (est, true)
