@@ -18,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from askshift.flows.naming import ask_name, run_name
 from askshift.flows.split import SplitConfig, split_one_target
+from askshift.lib.models.evaluation import predict_to_store
+from askshift.lib.report.ask import ask_report, estimate_er_per_part, models_with_reference_predictions
 from askshift.lib.store import Store, atomic_write_text
+from askshift.lib.support.classifier import load_domain_data, position_images
 from askshift.tasks.reporting import experiment_key, publish_markdown, publish_result, store_words
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.support import DOMAIN_IMAGES
@@ -49,8 +52,6 @@ class AskConfig(BaseModel):
 def predict_models(store: str, experiment: str, model_ids: list[str], split: str, spec: Any, cache_dir: str,
                    device: str = "auto") -> list[str]:
     """Logits of registered models on one split of ``spec`` (stored in their own experiment; skipped where present)."""
-    from askshift.lib.models.evaluation import predict_to_store
-
     exp = Store(store).experiment(experiment)
     todo = [m for m in model_ids if not exp.has_predictions(m, split)]
     if todo:
@@ -60,8 +61,6 @@ def predict_models(store: str, experiment: str, model_ids: list[str], split: str
 
 def label_free_er(config: AskConfig, exp, log) -> dict[str, Any] | None:
     """ATC estimates of every model of ``models_from`` on the shifted images, per part; None without models."""
-    from askshift.lib.report.ask import estimate_er_per_part, models_with_reference_predictions
-
     store = str(Store(config.split.store).root)
     source = Store(store).experiment(config.models_from) if config.models_from else exp
     models = models_with_reference_predictions(source, config.split.eval_reference_split)
@@ -80,9 +79,6 @@ def label_free_er(config: AskConfig, exp, log) -> dict[str, Any] | None:
 def ask(config: AskConfig) -> dict[str, Any]:
     """Split the shifted images against the reference, then the verdict, its evidence and (with models) a label-free
     ER estimate; writes ``ask.md`` in the experiment folder and publishes it (``KEY-ask``) with the result note."""
-    from askshift.lib.report.ask import ask_report
-    from askshift.lib.support.classifier import load_domain_data
-
     logger = get_run_logger()
     split_config = config.split
     store = str(Store(split_config.store).root)
@@ -95,8 +91,6 @@ def ask(config: AskConfig) -> dict[str, Any]:
     scores = exp.read_table(f"support_scores_{TARGET}")
 
     def images(positions):
-        from askshift.lib.support.classifier import position_images
-
         return position_images(setup, data, positions, cache=DOMAIN_IMAGES)
 
     report = ask_report(exp, scores, images, epsilon=split_config.epsilon, epsilons=split_config.epsilons,

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any, Iterator
 
-from askshift.flows.cluster import WORKER_ENV, WORKER_PRELOAD
+from askshift.flows.cluster import WORKER_ENV, WORKER_PRELOAD, check_submission, load_profile
 from askshift.tasks.tags import GPU_TAG
 
 logger = logging.getLogger("askshift.backends")
@@ -112,7 +112,6 @@ def make_task_runner(backend: str = "local", profile: str | None = None, *, dask
             cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                             "host": "127.0.0.1", "dashboard_address": None, "preload": preload},
         )
-    from askshift.flows.cluster import load_profile  # backend == "slurm"
 
     cluster_profile = load_profile(profile)
     return dask_task_runner(
@@ -250,8 +249,6 @@ def backend_task_runner(backend: str = "local", profile: str | None = None, *,
         return
     loopback = True
     if backend == "slurm":
-        from askshift.flows.cluster import check_submission, load_profile
-
         cluster_profile = load_profile(profile)
         # A job sbatch rejects would fail inside dask-jobqueue's adaptive loop and the flow would hang.
         check_submission(cluster_profile)

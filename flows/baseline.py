@@ -11,12 +11,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from askshift.flows.naming import baseline_name, run_name
+from askshift.flows.report import ReportConfig, publish_report_result, report
+from askshift.lib.data.specs import get_spec
 from askshift.lib.models.training import RunConfig, TrainConfig
 from askshift.lib.names import DATASET_SCHEMA, MODEL_SCHEMA, SHIFT_SCHEMA, check_dataset, check_model, check_shift
+from askshift.lib.report.markdown import note_markdown
 from askshift.lib.store import Store
 from askshift.tasks.data import write_split
 from askshift.tasks.futures import results
 from askshift.tasks.prediction import predict_split
+from askshift.tasks.reporting import ProgressBar, experiment_key, publish_result, store_words
 from askshift.tasks.training import train_one_model
 
 
@@ -155,9 +159,6 @@ def synthetic_shift_baseline(config: BaselineConfig) -> str:
     killed run resumes from the last epoch checkpoints.  The run the user opened gets a progress bar (one step per
     training run) and the result note ``KEY-result`` (``askshift.tasks.reporting``: the key rule).
     """
-    from askshift.lib.data.specs import get_spec
-    from askshift.tasks.reporting import ProgressBar, experiment_key
-
     spec = get_spec(config.shift, dataset=config.dataset, root=config.root)
     store = str(Store(config.store).root)
     name = config.experiment or spec.name
@@ -206,15 +207,10 @@ def synthetic_shift_baseline(config: BaselineConfig) -> str:
     print(line)
 
     if config.report:
-        from askshift.flows.report import ReportConfig, publish_report_result, report
-
         result = report(ReportConfig(store=store, experiment=name))
         progress.advance(what="report")
         publish_report_result(result, store, name, headline)
     else:
-        from askshift.lib.report.markdown import note_markdown
-        from askshift.tasks.reporting import publish_result, store_words
-
         publish_result(f"{experiment_key(name, store)}-result", note_markdown(headline, line + " (no report asked)", {
             "experiment folder": exp.root, "models": exp.root / "models"}),
             description=f"{headline}: result, experiment {name}, {store_words(store)}")

@@ -19,15 +19,33 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from askshift.flows.backends import on_caller_backend
 from askshift.flows.demo_config import (
     DEMO_EXPERIMENT,
     DemoConfig,
     Progress,
     format_duration,
 )
+from askshift.flows.demo_config import DemoConfig as _Config
+from askshift.flows.demo_report import build_demo_report
 from askshift.flows.naming import demo_name, run_name
-from askshift.lib.store import Store, atomic_write_json
-from askshift.tasks.reporting import ProgressBar, experiment_key, store_words
+from askshift.lib.data.datasets import load_dataset
+from askshift.lib.data.specs import DistributionSpec, ExperimentSpec, get_spec, load_spec
+from askshift.lib.report.markdown import inline_images, note_markdown
+from askshift.lib.store import Store, atomic_write_json, write_with
+from askshift.lib.support.known_answer import MixtureConfig, build_mixture, palette, tint
+from askshift.lib.support.ratios import DomainClassifierConfig
+from askshift.tasks.data import write_split
+from askshift.tasks.reporting import (
+    ProgressBar,
+    artifact_url,
+    experiment_key,
+    publish_markdown,
+    publish_result,
+    publish_table,
+    result_run_id,
+    store_words,
+)
 
 STAGES = ("data", "pre-training", "shifts", "mixed shift and split", "report")
 MIXED_TARGET = "mixed"
@@ -103,11 +121,6 @@ def finetune_config(config: DemoConfig, shift: str, experiment: str, pretrained:
 @task(name="build the mixed shift", cache_policy=NO_CACHE)
 def build_mixed_shift(config: DemoConfig) -> dict[str, str]:
     """Write the mixture (askshift.lib.support.known_answer) plus a reference validation split as one npz, and a spec file for it."""
-    from askshift.lib.data.datasets import load_dataset
-    from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
-    from askshift.lib.store import write_with
-    from askshift.lib.support.known_answer import MixtureConfig, build_mixture, palette, tint
-
     exp = Store(config.store_root()).experiment(config.mixed_experiment_name())
     mixture_config = MixtureConfig(seed=config.seed, spurious_p=0.5, out_fraction=config.mixture_out_fraction,
                                    flip_fraction=0.5, copies=1, image_size=32)
@@ -149,8 +162,6 @@ def build_mixed_shift(config: DemoConfig) -> dict[str, str]:
 
 def split_config(config: DemoConfig, spec_path: str):
     from askshift.flows.split import SplitConfig
-    from askshift.lib.data.specs import load_spec
-    from askshift.lib.support.ratios import DomainClassifierConfig
 
     classifier = DomainClassifierConfig(model="cnn:tiny", lrs=config.split_lrs, epochs=config.split_epochs,
                                         batch_size=64, reference_size=None, in_memory=True, seed=config.seed)
@@ -172,12 +183,9 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
     opened gets a progress bar (stages, and training runs as they finish) and the result note ``demo-result``
     (``demo-STOREHASH-result`` for a store other than askshift-store; ``askshift.tasks.reporting``: the key rule).
     """
-    from askshift.flows.backends import on_caller_backend
     from askshift.flows.baseline import synthetic_shift_baseline
     from askshift.flows.finetune import pretrain_path, pretrained_finetune
     from askshift.flows.split import split_shift
-    from askshift.lib.data.specs import get_spec
-    from askshift.tasks.data import write_split
     from askshift.tasks.finetune import pretrain_checkpoint
 
     started = time.monotonic()
@@ -249,8 +257,6 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
 
 def demo_key(store: str) -> str:
     """``demo``, or ``demo-STOREHASH`` for a store other than the demo's default (askshift.tasks.reporting: the key rule)."""
-    from askshift.flows.demo_config import DemoConfig as _Config
-
     return experiment_key("demo", store, default_store=_Config.model_fields["store"].default)
 
 
@@ -260,9 +266,6 @@ def _update_progress(bar: Any, value: float) -> None:
 
 def publish_demo_result(config: DemoConfig, result: dict[str, Any], store: str, seconds: float) -> None:
     """The result note on the run the user opened: the verdict lines, a link to the report, absolute paths."""
-    from askshift.lib.report.markdown import note_markdown
-    from askshift.tasks.reporting import artifact_url, publish_result
-
     stem = demo_key(store)
     report_key = f"{stem}-report"
     table = [line for line in (result.get("summary") or []) if line.strip()]
@@ -285,9 +288,6 @@ def _report_on_result_run(key: str, result: dict[str, Any], store: str):
     from prefect.artifacts import MarkdownArtifact
     from prefect.context import FlowRunContext
 
-    from askshift.lib.report.markdown import inline_images
-    from askshift.tasks.reporting import result_run_id
-
     target = result_run_id()
     if target is None or target == str(FlowRunContext.get().flow_run.id):
         return None
@@ -305,16 +305,12 @@ def _report_on_result_run(key: str, result: dict[str, Any], store: str):
 
 @task(name="demo report", cache_policy=NO_CACHE)
 def write_demo_report(config: DemoConfig, seconds: float, models: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    from askshift.flows.demo_report import build_demo_report
-
     return build_demo_report(config, seconds, models)
 
 
 @task(name="publish demo artifacts", cache_policy=NO_CACHE)
 def publish_demo_artifacts(result: dict[str, Any], store: str = "askshift-store") -> None:
     import polars as pl
-
-    from askshift.tasks.reporting import publish_markdown, publish_table
 
     stem = demo_key(store)
     publish_markdown.fn(f"{stem}-report", Path(result["report"]).read_text(), base_dir=str(Path(result["report"]).parent),

@@ -15,6 +15,7 @@ from typing import Annotated, Callable, Literal, Sequence
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from askshift.lib.robustness.er import group_verdict
 from askshift.lib.store import Store, content_hash
 
 DEMO_EXPERIMENT = "demo"  # STORE/demo/ holds the combined report, its plots and tables
@@ -241,8 +242,6 @@ def er_group_rows(comparison, shift: DemoShift | dict, experiment: str, split: s
     same numbers, their former name) beside the group's own comparable-baseline view (a window around its
     own reference accuracies), the fit diagnostics of both, and the cautions (extrapolated, weak or inverse
     line, a window that is too small or extrapolates)."""
-    from askshift.lib.robustness.er import group_verdict
-
     meta = shift.model_dump() if isinstance(shift, DemoShift) else dict(shift)
     full = comparison.full
     rows = []

@@ -24,7 +24,19 @@ from askshift.flows.demo_config import (
     summary_lines,
     why_notes,
 )
-from askshift.lib.store import ExperimentStore, Store, atomic_write_text, safe_name
+from askshift.lib.data.specs import get_spec
+from askshift.lib.report.markdown import (
+    comparable_fits_markdown,
+    ensure_metrics,
+    er_rows,
+    fit_markdown,
+    group_table_markdown,
+)
+from askshift.lib.report.plots import accuracy_on_the_line, er_by_group
+from askshift.lib.robustness.er import ERInputError, accuracy_pairs, compare_fits
+from askshift.lib.store import ExperimentStore, Store, atomic_write_text, content_hash, load_torch, safe_name
+from askshift.lib.support.known_answer import membership_recovery
+from askshift.lib.support.ratios import DEFAULT_EPSILON
 
 REFERENCE_SPLIT = "source_val"
 SUB_TITLES = {"all": "whole shifted set", "in_support": "in-support part", "out_of_support": "out-of-support part"}
@@ -44,8 +56,6 @@ def _caution(text: str | None) -> str:
 
 def compare_on_split(metrics: pl.DataFrame, split: str, sub_split: str = "all"):
     """FitComparison (full-range vs comparable baselines) of every group on ``split`` against source_val."""
-    from askshift.lib.robustness.er import accuracy_pairs, compare_fits
-
     reference = metrics.filter((pl.col("split") == REFERENCE_SPLIT) & (pl.col("sub_split") == "all"))
     shifted = metrics.filter((pl.col("split") == split) & (pl.col("sub_split") == sub_split))
     if "n" in shifted.columns:
@@ -60,9 +70,6 @@ def compare_on_split(metrics: pl.DataFrame, split: str, sub_split: str = "all"):
 def section(demo_exp: ExperimentStore, comparison, shift: DemoShift, rows: list[dict], heading: str,
             stem: str, notes: Sequence[str]) -> str:
     """One shift's markdown: reading, fit diagnostics, ER table (both views), words on disagreement, plots."""
-    from askshift.lib.report.markdown import comparable_fits_markdown, fit_markdown, group_table_markdown
-    from askshift.lib.report.plots import accuracy_on_the_line, er_by_group
-
     aotl = demo_exp.plot_path(f"accuracy_on_the_line_{stem}")
     erp = demo_exp.plot_path(f"er_by_group_{stem}")
     accuracy_on_the_line(comparison.full, comparison.windows(), title=f"Accuracy on the line: {shift.title}",
@@ -84,7 +91,6 @@ def section(demo_exp: ExperimentStore, comparison, shift: DemoShift, rows: list[
 def _reference_size(config: DemoConfig, shift_name: str) -> int | None:
     try:
         from askshift.lib.data.loaders import split_info
-        from askshift.lib.data.specs import get_spec
 
         return split_info(get_spec(shift_name, dataset=config.dataset), "source_train", str(config.cache_dir())).num_examples
     except Exception:  # noqa: BLE001 -- a size for a sentence; never worth failing the report
@@ -122,9 +128,6 @@ def _summary_markdown(table: pl.DataFrame, shifts: Sequence[DemoShift]) -> str:
 def mixed_sections(config: DemoConfig, demo_exp: ExperimentStore, models: dict[str, list[str]] | None = None
                    ) -> tuple[list[str], list[dict], list[pl.DataFrame]]:
     """The split section: membership recovery, the split flow's own section, and ER on each part."""
-    from askshift.lib.report.markdown import ensure_metrics, er_rows
-    from askshift.lib.robustness.er import ERInputError
-
     name = config.mixed_experiment_name()
     exp = Store(config.store_root()).experiment(name)
     split = f"{MIXED_SPLIT_NAME}_val"
@@ -181,9 +184,6 @@ def _recovery_line(exp: ExperimentStore, split: str) -> str | None:
     try:
         import numpy as np
 
-        from askshift.lib.support.known_answer import membership_recovery
-        from askshift.lib.support.ratios import DEFAULT_EPSILON
-
         with np.load(exp.root / "mixture.npz", allow_pickle=False) as data:
             truth = data["shifted_out_of_support"].astype(bool)
         sub = exp.read_subsplit(split)
@@ -209,9 +209,6 @@ def build_demo_report(config: DemoConfig, seconds: float | None = None,
     """Write STORE/demo/report.md, tables/demo_er.parquet (shift x group) and tables/demo_models.parquet.
 
     ``models`` (experiment -> model ids) restricts each experiment to the models of this run."""
-    from askshift.lib.report.markdown import ensure_metrics, er_rows
-    from askshift.lib.robustness.er import ERInputError
-
     store = Store(config.store_root())
     demo_exp = store.experiment(DEMO_EXPERIMENT)
     shift_lines: list[str] = []
@@ -321,8 +318,6 @@ def _pretrain_accuracy(config) -> str:
              f"quarter-turned, {pre.tint_p:.0%} tinted and {pre.clutter_p:.0%} with distractor strokes")
     path = config.cache_dir() / "pretrained"
     try:
-        from askshift.lib.store import content_hash, load_torch
-
         key = content_hash(pre)
         for file in sorted(path.glob("*.pt")):
             meta = load_torch(file).get("meta", {})

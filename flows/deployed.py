@@ -32,13 +32,12 @@ from askshift.flows.report import ReportConfig, report
 from askshift.flows.split import SplitConfig, split_shift
 from askshift.flows.zoo import ZooConfig, zoo_evaluate
 from askshift.lib.report.markdown import ReportResult
+from askshift.tasks.reporting import reset_result_run, set_result_run
 
 
 def run_on_backend(target: Flow, execution: Execution, **parameters: Any) -> Any:
     """Run ``target(**parameters)`` as a subflow of the current flow run, its tasks on ``execution``'s backend."""
     from prefect.context import FlowRunContext
-
-    from askshift.tasks.reporting import reset_result_run, set_result_run
 
     where = execution.backend + (f" (profile {execution.profile})" if execution.profile else "")
     get_run_logger().info("running flow %r with its tasks on backend %s", target.name, where)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from askshift.flows.backends import backend_task_runner, check_backend_choice
+from askshift.flows.cluster import load_profile
 from askshift.flows.deployments import bundled_profile
 
 
@@ -51,8 +52,6 @@ class Execution(BaseModel):
 
     @model_validator(mode="after")
     def _usable(self) -> "Execution":
-        from askshift.flows.cluster import load_profile
-
         check_backend_choice(self.backend, self.profile)
         if self.dask_workers is not None and self.backend != "dask":
             raise ValueError(f"dask_workers applies to backend dask only (got backend {self.backend}): choose "

@@ -9,7 +9,14 @@ from prefect.futures import as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from askshift.flows.backends import on_caller_backend
+from askshift.flows.baseline import BaselineConfig, synthetic_shift_baseline
 from askshift.flows.naming import ablation_name, finetune_name, run_name
+from askshift.flows.report import ReportConfig, publish_report_result, report
+from askshift.lib.data.datasets import imagenet_class_names
+from askshift.lib.data.loaders import split_info
+from askshift.lib.data.specs import get_spec
+from askshift.lib.models.families import HUB, model_family
 from askshift.lib.models.finetune import (
     MINIATURE,
     PRESETS,
@@ -20,9 +27,11 @@ from askshift.lib.models.finetune import (
     check_weights,
     default_recipe,
     default_strategy,
+    final_checkpoint,
     plan_run,
     register_run,
     select_best_lr,
+    validate_finetune,
 )
 from askshift.lib.models.pretrain import PretrainConfig
 from askshift.lib.names import (
@@ -35,9 +44,11 @@ from askshift.lib.names import (
     check_model,
     check_shift,
 )
-from askshift.lib.store import Store, safe_name
+from askshift.lib.report.markdown import note_markdown
+from askshift.lib.store import Store, content_hash, safe_name, to_jsonable
 from askshift.tasks.finetune import dfr_one, finetune_one, pretrain_checkpoint
 from askshift.tasks.prediction import predict_split
+from askshift.tasks.reporting import ProgressBar, experiment_key, publish_result, store_words
 
 
 class FinetuneConfig(BaseModel):
@@ -132,8 +143,6 @@ class FinetuneConfig(BaseModel):
 
 def check_config(config: FinetuneConfig) -> FinetuneConfig:
     """Resolve and validate everything that can be checked before training (raises one-line errors)."""
-    from askshift.lib.models.finetune import validate_finetune
-
     config = config.resolved()
     validate_finetune(config.models, config.strategies, config.hparams, preset=config.preset, class_names_needed=False)
     return config
@@ -141,8 +150,6 @@ def check_config(config: FinetuneConfig) -> FinetuneConfig:
 
 def pretrain_path(config: FinetuneConfig, model: str) -> Path:
     """Where the cached local glyph checkpoint of ``model`` lives (STORE/_cache/pretrained/...)."""
-    from askshift.lib.store import content_hash
-
     pre = (config.pretrain or PretrainConfig()).model_copy(update={"model": model})
     return Path(config.resolved_cache_dir()) / "pretrained" / f"glyphs-{safe_name(model)}-{content_hash(pre)}.pt"
 
@@ -159,10 +166,6 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
 
     The run the user opened gets a progress bar (one step per training run) and the result note ``KEY-result``.
     """
-    from askshift.lib.data.loaders import split_info
-    from askshift.lib.data.specs import get_spec
-    from askshift.tasks.reporting import ProgressBar, experiment_key
-
     config = check_config(config)
     hp = config.hparams
     spec = get_spec(config.shift, dataset=config.dataset, root=config.root)
@@ -176,7 +179,6 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
     exp.write_config(config, name="finetune")
     info = split_info(spec, "source_train", cache_dir)
     class_names = zero_shot_class_names(config.dataset, info.class_names)
-    from askshift.lib.models.finetune import validate_finetune
 
     validate_finetune(config.models, config.strategies, hp, preset=config.preset, class_names=class_names)
 
@@ -232,17 +234,12 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
 
     summary = []
     if config.report:
-        from askshift.flows.report import ReportConfig, publish_report_result, report
-
         result = report(ReportConfig(store=store, experiment=name))
         progress.advance(what="report")
         summary = result.summary.to_dicts() if result.summary.height else []
         print(format_er_table(summary))
         publish_report_result(result, store, name, headline)
     else:
-        from askshift.lib.report.markdown import note_markdown
-        from askshift.tasks.reporting import publish_result, store_words
-
         publish_result(f"{experiment_key(name, store)}-result", note_markdown(
             headline, f"{len(model_ids)} fine-tuned models registered (no report asked)",
             {"experiment folder": exp.root}), description=f"{headline}: result, experiment {name}, {store_words(store)}")
@@ -261,8 +258,6 @@ _RUN_ONLY_FIELDS = {"device", "num_workers", "eval_batch_size", "report", "store
 
 def warn_if_mixing(exp, config: FinetuneConfig) -> None:
     """Models of every run share their strategy's group: say so when this experiment was fine-tuned differently before."""
-    from askshift.lib.store import to_jsonable
-
     path = exp.root / "finetune.json"
     if not path.exists():
         return
@@ -283,8 +278,6 @@ def zero_shot_class_names(dataset: str, names: list[str] | None) -> list[str]:
     """Class names for zero-shot heads: CLIP's curated ImageNet names for ImageNet-1k, the dataset's otherwise."""
     names = list(names or [])
     if dataset.lower().startswith("imagenet") and len(names) == 1000:
-        from askshift.lib.data.datasets import imagenet_class_names
-
         return list(imagenet_class_names())
     return names
 
@@ -309,13 +302,11 @@ def ensure_baseline(config: FinetuneConfig, store: str, name: str, cache_dir: st
     models = exp.models()
     if (models["group"] == "baseline").sum() >= 3:
         return
-    from askshift.flows.baseline import BaselineConfig, synthetic_shift_baseline
 
     values = {"dataset": config.dataset, "shift": config.shift, "root": config.root, "store": store, "experiment": name,
               "cache_dir": cache_dir, "device": config.device, "num_workers": config.num_workers, "report": False,
               "resolution": config.resolution, **config.baseline}
     print(f"experiment {name!r} has no baseline models yet: running the baseline flow first")
-    from askshift.flows.backends import on_caller_backend
 
     on_caller_backend(synthetic_shift_baseline)(BaselineConfig(**values))
 
@@ -324,8 +315,6 @@ def resolve_pretrained(config: FinetuneConfig) -> dict[str, str | None]:
     """model -> weights.  Families with local pre-training (cnn:) without --pretrained get the cached glyph checkpoint
     (built if needed); clip: names carry their weights (a tag or a file); every other family asks the hub, which
     fails fast offline -- never a silent random initialisation."""
-    from askshift.lib.models.families import HUB, model_family
-
     weights: dict[str, str | None] = {}
     for model in config.models:
         family = model_family(model)
@@ -376,15 +365,11 @@ def register_and_predict(config: FinetuneConfig, store: str, name: str, cache_di
 
 
 def _final_checkpoint(exp, run: FinetuneRun) -> Path:
-    from askshift.lib.models.finetune import final_checkpoint
-
     return final_checkpoint(exp, run)
 
 
 def er_report(store: str, experiment: str) -> list[dict]:
     """The report flow (metrics, ER tables, plots, report.md, artifacts); returns the per-group summary rows."""
-    from askshift.flows.report import ReportConfig, report
-
     result = report(ReportConfig(store=store, experiment=experiment))
     return result.summary.to_dicts() if result.summary.height else []
 
@@ -440,21 +425,17 @@ def hparam_ablation(config: AblationConfig) -> dict:
     """Run (or reuse) the fine-tuning experiment for one (model, strategy), then retrain it with one
     hyper-parameter changed at a time (epochs, lr, batch size, weight decay), ``copies`` seeds per value,
     and tabulate ER per value (``tables/hparam_ablation.parquet``)."""
-    from askshift.lib.data.specs import get_spec
-
     base = check_config(config.finetune)
     model = config.model or base.models[0]
     strategy = config.strategy or default_strategy(model)
     base = base.model_copy(update={"models": (model,), "strategies": (strategy,)})
     hp = base.hparams
-    from askshift.flows.backends import on_caller_backend
 
     result = on_caller_backend(pretrained_finetune)(base)
     lr = next(s["lr"] for s in result["selected"] if s["strategy"] == strategy)
     store, spec = str(Store(base.store).root), get_spec(base.shift, dataset=base.dataset, root=base.root)
     name = Path(result["experiment"]).name
     cache_dir = base.resolved_cache_dir()
-    from askshift.lib.data.loaders import split_info
 
     class_names = zero_shot_class_names(base.dataset, split_info(spec, "source_train", cache_dir).class_names)
     weights = resolve_pretrained(base)
@@ -482,8 +463,6 @@ def hparam_ablation(config: AblationConfig) -> dict:
     exp = Store(store).experiment(name)
     exp.write_table("hparam_ablation", table, config=config)
     print(format_ablation(table))
-    from askshift.lib.report.markdown import note_markdown
-    from askshift.tasks.reporting import experiment_key, publish_result, store_words
 
     headline = ablation_name({"config": config})
     publish_result(f"{experiment_key(name, store)}-ablation-result", note_markdown(

@@ -10,6 +10,7 @@ from askshift.lib.report.markdown import (
     ReportResult,
     build_report,
     er_display_table,
+    inline_images,
     result_markdown,
     summary_display_table,
 )
@@ -96,8 +97,6 @@ def _latest_artifact_id(key: str):
 def copy_report_to(flow_run_id: str, result: ReportResult, store: str, experiment: str):
     """The report artifact (same key, plots inline) on another flow run; its id, None when it could not be made."""
     from prefect.artifacts import MarkdownArtifact
-
-    from askshift.lib.report.markdown import inline_images
 
     try:
         return MarkdownArtifact(key=result.artifacts["report"], flow_run_id=flow_run_id,

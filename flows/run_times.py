@@ -4,13 +4,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+import askshift.flows
+import askshift.tasks
+
 
 def _task_names() -> dict[str, str]:
     """task_key -> registered task name, for every task the package defines."""
     from prefect import Task
-
-    import askshift.flows
-    import askshift.tasks
 
     names: dict[str, str] = {}
     modules = [f"askshift.tasks.{m.name}" for m in pkgutil.iter_modules(askshift.tasks.__path__)]

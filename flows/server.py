@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from askshift.env import SAFE_DEFAULTS
+
 DEFAULT_PORT = 4200
 LOOPBACK = "127.0.0.1"
 
@@ -43,8 +45,6 @@ def choose_port(host: str, requested: int | None) -> int:
 
 def server_env(host: str, port: int) -> dict[str, str]:
     """Environment of the server process: no telemetry, bound where asked, UI pointed at its own API."""
-    from askshift.env import SAFE_DEFAULTS
-
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in SAFE_DEFAULTS.items()}}
     env.update({
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -19,6 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from askshift.flows.naming import run_name, split_name
 from askshift.lib.data.specs import ExperimentSpec
+from askshift.lib.report.markdown import inline_images, note_markdown
+from askshift.lib.report.support import (
+    SupportER,
+    example_grid,
+    pick_examples,
+    probability_histogram,
+    section_markdown,
+    support_er,
+)
 from askshift.lib.store import ExperimentStore, Store, atomic_write_text
 from askshift.lib.support.classifier import (
     DomainSetup,
@@ -40,6 +49,14 @@ from askshift.lib.support.ratios import (
     estimate_support,
     fold_plan,
     separation_failure,
+)
+from askshift.tasks.reporting import (
+    ProgressBar,
+    artifact_key,
+    artifact_url,
+    experiment_key,
+    publish_result,
+    store_words,
 )
 from askshift.tasks.support import DOMAIN_IMAGES, fit_fold, fit_lr_point
 
@@ -118,8 +135,6 @@ def _publish(key: str, markdown: str, base: Path, sizes, where: str) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-        from askshift.lib.report.markdown import inline_images
-
         create_markdown_artifact(key=key, markdown=inline_images(markdown, base), description=f"support split, {where}")
         rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in sizes.to_dicts()]
         create_table_artifact(key=f"{key}-sizes", table=rows, description=f"split sizes per epsilon, {where}")
@@ -129,16 +144,11 @@ def _publish(key: str, markdown: str, base: Path, sizes, where: str) -> None:
 
 def support_key(experiment: str, store: str, target: str) -> str:
     """``EXPERIMENT[-STOREHASH]-support-TARGET`` (askshift.tasks.reporting: the key rule)."""
-    from askshift.tasks.reporting import artifact_key, experiment_key
-
     return artifact_key(f"{experiment_key(experiment, store)}-support-{target}")
 
 
 def publish_split_result(headline: str, exp: ExperimentStore, store: str, results: dict[str, dict[str, Any]]) -> None:
     """The result note of a split run: per target the sizes of both parts and the classifier's AUROC, with paths."""
-    from askshift.lib.report.markdown import note_markdown
-    from askshift.tasks.reporting import artifact_url, experiment_key, publish_result, store_words
-
     parts = [f"{r['split']}: {r['in_support']} in-support, {r['out_of_support']} out-of-support (AUROC {r['auroc']:.3f}"
              + ("" if r.get("separated", True) else ", classifier did not separate the sets") + ")"
              for r in results.values()]
@@ -155,15 +165,6 @@ def publish_split_result(headline: str, exp: ExperimentStore, store: str, result
 def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log: Callable[[str], None]) -> dict[str, Any]:
     """tune -> folds -> calibrate -> ratios -> sub-split -> ER per part -> report section."""
     import polars as pl
-
-    from askshift.lib.report.support import (
-        SupportER,
-        example_grid,
-        pick_examples,
-        probability_histogram,
-        section_markdown,
-        support_er,
-    )
 
     setup = config.setup(target)
     split = setup.shifted_split
@@ -241,7 +242,6 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
                                          title=f"{split} at ε = {config.epsilon:g}")
     markdown = section_markdown(target, split, estimate, lr, tuning, er, plots, exp.root, config.classifier.model)
     section_path = atomic_write_text(exp.root / f"support_{target}.md", markdown)
-    from askshift.tasks.reporting import store_words
 
     _publish(support_key(exp.name, store, target), markdown, exp.root, sizes,
              f"experiment {exp.name}, {store_words(store)}")
@@ -255,8 +255,6 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
 def split_shift(config: SplitConfig) -> dict[str, dict[str, Any]]:
     """Split every chosen target of ``config.spec`` into in-support and out-of-support parts; the run the user
     opened gets the result note ``KEY-split-result`` and a progress bar (one step per target)."""
-    from askshift.tasks.reporting import ProgressBar, experiment_key
-
     logger = get_run_logger()
     store = str(Store(config.store).root)
     exp = Store(store).experiment(config.experiment_name())

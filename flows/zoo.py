@@ -18,7 +18,15 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from askshift.flows.naming import run_name, zoo_name
 from askshift.flows.split import SplitConfig, split_one_target
+from askshift.lib.data.class_subset import restrict_reference, spec_class_subset
+from askshift.lib.report.markdown import note_markdown
+from askshift.lib.report.support import support_er
+from askshift.lib.robustness.er import ERInputError, accuracy_pairs, effective_robustness
+from askshift.lib.robustness.metrics import metrics_table
+from askshift.lib.robustness.paper_zoo import BASELINE_GROUP, PRETRAINED_GROUP, paper_zoo
 from askshift.lib.store import ExperimentStore, Store
+from askshift.tasks.reporting import experiment_key, publish_result, store_words
+from askshift.tasks.zoo import predict_zoo_model
 
 
 class ZooConfig(BaseModel):
@@ -47,8 +55,6 @@ class ZooConfig(BaseModel):
         return self.resolution
 
     def model_groups(self) -> dict[str, str]:
-        from askshift.lib.robustness.paper_zoo import BASELINE_GROUP, PRETRAINED_GROUP, paper_zoo
-
         baseline = self.baseline_models if self.baseline_models is not None else tuple(paper_zoo(BASELINE_GROUP))
         pretrained = self.pretrained_models if self.pretrained_models is not None else tuple(paper_zoo(PRETRAINED_GROUP))
         both = set(baseline) & set(pretrained)
@@ -60,9 +66,6 @@ class ZooConfig(BaseModel):
 def whole_split_er(exp: ExperimentStore, reference_split: str, shifted_split: str,
                    baseline_group: str = "baseline") -> tuple[pl.DataFrame, str | None]:
     """ER per group on the whole shifted split (no in/out-of-support parts): (table in the support_er layout, message)."""
-    from askshift.lib.robustness.er import ERInputError, accuracy_pairs, effective_robustness
-    from askshift.lib.robustness.metrics import metrics_table
-
     metrics = metrics_table(exp, splits=[reference_split, shifted_split])
     try:
         result = effective_robustness(accuracy_pairs(metrics, reference_split, shifted_split),
@@ -79,10 +82,6 @@ def whole_split_er(exp: ExperimentStore, reference_split: str, shifted_split: st
 def zoo_evaluate(config: ZooConfig) -> dict[str, Any]:
     """Predict every zoo model on the reference and shifted splits (one task per (model, split)), then the
     split flow's in/out-of-support parts and ER per part (baseline = the from-scratch models)."""
-    from askshift.lib.data.class_subset import restrict_reference, spec_class_subset
-    from askshift.lib.report.support import support_er
-    from askshift.tasks.zoo import predict_zoo_model
-
     logger = get_run_logger()
     split_config = config.split
     groups = config.model_groups()
@@ -134,9 +133,6 @@ def zoo_evaluate(config: ZooConfig) -> dict[str, Any]:
 def publish_zoo_result(config: ZooConfig, exp: ExperimentStore, store: str, groups: dict[str, str],
                        out: dict[str, Any]) -> None:
     """The result note: ER per part and group for every shifted split, and where the tables are."""
-    from askshift.lib.report.markdown import note_markdown
-    from askshift.tasks.reporting import experiment_key, publish_result, store_words
-
     headline = zoo_name({"config": config})
     parts = []
     for target, result in out.items():

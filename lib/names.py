@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from askshift.lib.data.datasets import DATASETS, dataset_info
 from askshift.lib.registry import UnknownNameError
 
 
@@ -19,8 +20,6 @@ def _alternatives(names: list[str]) -> str:
 
 
 def _dataset_pattern() -> str:
-    from askshift.lib.data.datasets import DATASETS
-
     fixed = [n for n in DATASETS.names() if not n.endswith(":<name>")]
     families = [n[: -len(":<name>")] for n in DATASETS.names() if n.endswith(":<name>")]
     open_ = [f"{re.escape(f)}:[A-Za-z0-9_.-]+" for f in families]
@@ -65,8 +64,6 @@ FinetunePreset = Literal["augreg_in21k", "openai_clip"]
 
 def check_dataset(name: str) -> str:
     """A registered dataset name (``wilds:NAME`` for any WILDS dataset), else ValueError listing the choices."""
-    from askshift.lib.data.datasets import dataset_info
-
     try:
         dataset_info(name)
     except UnknownNameError as exc:

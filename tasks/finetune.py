@@ -4,8 +4,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from askshift.lib.models.finetune import FinetuneRun
-from askshift.lib.models.pretrain import PretrainConfig
+from askshift.lib.data.specs import get_spec
+from askshift.lib.models.finetune import FinetuneRun, dfr_registered_model, finetune_run
+from askshift.lib.models.pretrain import PretrainConfig, pretrain
 from askshift.lib.store import Store
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.tags import GPU_TAG
@@ -15,8 +16,6 @@ from askshift.tasks.tags import GPU_TAG
       retry_condition_fn=retry_if_transient, task_run_name="pretrain {config.model} on glyphs")
 def pretrain_checkpoint(config: PretrainConfig, out: str, device: str = "cpu") -> str:
     """Build (or reuse, when ``out`` was made with the same config) the local stand-in pre-trained checkpoint."""
-    from askshift.lib.models.pretrain import pretrain
-
     logger = get_run_logger()
     return str(pretrain(config, out, device=device, progress=logger.info).path)
 
@@ -35,8 +34,6 @@ def finetune_one(
     eval_batch_size: int = 512,
 ) -> dict:
     """Train one fine-tuning run (or skip it when done); returns its id, model id and reference-val accuracy."""
-    from askshift.lib.models.finetune import finetune_run
-
     logger = get_run_logger()
     exp = Store(store).experiment(experiment)
     outcome = finetune_run(exp, run, cache_dir, device=device, num_workers=num_workers, log=logger.info,
@@ -61,9 +58,6 @@ def dfr_one(
     num_workers: int = 1,
 ) -> str:
     """Refit the last layer of a registered model on ``split`` with group-balanced weights; registers the result."""
-    from askshift.lib.data.specs import get_spec
-    from askshift.lib.models.finetune import dfr_registered_model
-
     exp = Store(store).experiment(experiment)
     spec = get_spec(shift, dataset=dataset, root=root)
     return dfr_registered_model(exp, model_id, spec, split, cache_dir, group_suffix=group_suffix, device=device,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from askshift.lib.data.specs import get_spec
 from askshift.lib.store import Store
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.tags import GPU_TAG
@@ -37,7 +38,6 @@ def predict_split(
     amp: str = "none",
 ) -> list[str]:
     """Predict the registered ``model_ids`` on ``split`` of the (dataset, shift) spec; returns Parquet paths."""
-    from askshift.lib.data.specs import get_spec
     from askshift.lib.models.evaluation import predict_to_store
 
     exp = Store(store).experiment(experiment)

@@ -19,6 +19,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from askshift.lib.report.markdown import inline_images
+
 _KEY_CHARS = re.compile(r"[^a-z0-9-]+")
 
 
@@ -182,8 +184,6 @@ def publish_table(key: str, df, description: str | None = None) -> str:
 def publish_markdown(key: str, markdown: str, base_dir: str | None = None, description: str | None = None) -> str:
     """Create a markdown artifact; images linked relative to ``base_dir`` are embedded as base64 data URIs."""
     from prefect.artifacts import create_markdown_artifact
-
-    from askshift.lib.report.markdown import inline_images
 
     key = artifact_key(key)
     if base_dir is not None:

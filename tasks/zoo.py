@@ -5,6 +5,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from askshift.lib.data.specs import ExperimentSpec
+from askshift.lib.data.transforms import decoding
 from askshift.lib.store import Store
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.tags import GPU_TAG
@@ -28,7 +29,6 @@ def predict_zoo_model(store: str, experiment: str, model: str, split: str, spec:
 
     from askshift.lib.data.class_subset import among_classes, spec_class_subset
     from askshift.lib.data.loaders import LoaderConfig, split_info, split_loader
-    from askshift.lib.data.transforms import decoding
     from askshift.lib.models.evaluation import predict
     from askshift.lib.models.families import timm_transform
     from askshift.lib.robustness.paper_zoo import load_zoo_model

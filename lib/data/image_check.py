@@ -7,6 +7,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from askshift.lib.store import atomic_write_text
+
 # A JPEG decoded at 1/8 scale (PIL's draft mode: DCT scaling) still reads every byte of its entropy-coded data, so
 # truncated and garbage files fail, at a few per cent of a full decode's cost.
 DRAFT_SIDE = 32
@@ -46,8 +48,6 @@ def _known_good(cache_dir: Path | None) -> tuple[Path | None, set[str]]:
 
 
 def _remember(record: Path, good: set[str]) -> None:
-    from askshift.lib.store import atomic_write_text
-
     try:
         atomic_write_text(record, json.dumps(sorted(good)))
     except OSError:

@@ -17,6 +17,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from askshift.lib.data.datasets import dataset_info, dataset_num_classes, load_dataset
+from askshift.lib.data.image_check import check_images_readable
 from askshift.lib.names import DATASET_SCHEMA
 from askshift.lib.registry import Registry, UnknownNameError
 
@@ -50,8 +52,6 @@ class DistributionSpec(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        from askshift.lib.data.datasets import dataset_info
-
         try:
             dataset_info(name)
         except UnknownNameError as exc:
@@ -201,7 +201,6 @@ def label_p(p: float, dataset: str = "digits", root: str | None = None) -> Exper
     """Class-proportion shift: half the classes at relative rate p (reference) vs 1-p (target)."""
     if not 0.0 < p <= 0.5:
         raise ValueError(f"label_p needs 0 < p <= 0.5 (p is the minority half's share), got {p}")
-    from askshift.lib.data.datasets import dataset_num_classes
 
     num_classes = dataset_num_classes(dataset, root)
     minority = minority_classes(num_classes)
@@ -253,9 +252,6 @@ def check_spec_data(spec: ExperimentSpec, cache_dir: str | None = None) -> None:
     """Open every split of ``spec`` as a dataset: a wrong path, a missing ``val/``, one class or an empty class
     folder raises its one-line error here, before any compute; so do image files that cannot be decoded (named,
     with their count). Files found decodable before are remembered in ``cache_dir``."""
-    from askshift.lib.data.datasets import load_dataset
-    from askshift.lib.data.image_check import check_images_readable
-
     seen, files, names = {}, [], []
     for split in spec.splits():
         dist, dataset_split = spec.distribution(split)

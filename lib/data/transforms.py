@@ -21,6 +21,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from askshift.lib.data.datasets import dataset_info
+
 # Random-resized-crop scale range of training on photos (timm's and torchvision's default).
 TRAIN_CROP_SCALE = (0.08, 1.0)
 
@@ -60,8 +62,6 @@ class Decoding(BaseModel):
 
 def is_photo_dataset(dataset: str) -> bool:
     """True for datasets of photos of mixed sizes (the registry entry says so)."""
-    from askshift.lib.data.datasets import dataset_info
-
     return dataset_info(dataset).photos
 
 

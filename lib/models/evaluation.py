@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from askshift.lib.models.device import resolve_device
+from askshift.lib.models.families import build_model
+from askshift.lib.models.inputs import loader_config
 from askshift.lib.models.training import load_model_weights, place_images, place_model
 from askshift.lib.store import ExperimentStore
 
@@ -68,8 +70,6 @@ def checkpoint_of(exp: ExperimentStore, record: dict[str, Any]) -> Path:
 
 def load_registered_model(exp: ExperimentStore, model_id: str) -> nn.Module:
     """Build the registered architecture and load its checkpoint (weights_only) on CPU."""
-    from askshift.lib.models.families import build_model
-
     record = model_record(exp, model_id)
     missing = [k for k in ("architecture", "num_classes", "checkpoint") if k not in record]
     if missing:
@@ -132,8 +132,6 @@ def predict_to_store(
 def eval_config(record: dict[str, Any], dataset: str, **fields: Any):
     """The evaluation LoaderConfig of a registered model (its ``model_record``) on ``dataset``: its family's
     transform at its resolution (an unregistered model, ``{}``: the images as stored)."""
-    from askshift.lib.models.inputs import loader_config
-
     return loader_config(dataset, record.get("architecture"), train=False, resolution=record.get("resolution"), **fields)
 
 

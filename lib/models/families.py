@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
+from askshift.lib.data.transforms import ImageTransform
 from askshift.lib.registry import Registry, UnknownNameError, close_matches
-
-if TYPE_CHECKING:
-    from askshift.lib.data.transforms import ImageTransform
+from askshift.lib.store import load_torch
 
 
 class Classifier(nn.Module):
@@ -159,8 +158,6 @@ def check_cnn(spec: str) -> None:
 
 
 def cnn_transform(spec: str) -> "ImageTransform":
-    from askshift.lib.data.transforms import ImageTransform
-
     return ImageTransform(resolution=CNN_PHOTO_RESOLUTION, crop_pct=0.875, interpolation="area",
                           source="cnn: CPU-sized default")
 
@@ -201,8 +198,6 @@ def _require_hub(what: str, how_local: str) -> None:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file: a bare state dict, or one under 'model' / 'state_dict'."""
-    from askshift.lib.store import load_torch
-
     if not Path(path).exists():
         raise FileNotFoundError(f"pre-trained checkpoint {str(path)!r} does not exist (create one with `askshift pretrain --out PATH`)")
     if str(path).endswith(".safetensors"):
@@ -253,8 +248,6 @@ def timm_pretrained_cfg(spec: str) -> dict:
 
 
 def timm_transform(spec: str) -> "ImageTransform":
-    from askshift.lib.data.transforms import ImageTransform
-
     cfg = timm_pretrained_cfg(spec)
     return ImageTransform(
         resolution=int((cfg.get("input_size") or (3, 224, 224))[-1]),
@@ -441,8 +434,6 @@ def clip_transform(spec: str) -> "ImageTransform":
     """open_clip's preprocess: resize the shorter side, centre crop (crop_pct 1), its mean/std."""
     import open_clip
     from open_clip.transform import PreprocessCfg
-
-    from askshift.lib.data.transforms import ImageTransform
 
     arch, _ = parse_clip_spec(spec)
     cfg = open_clip.get_model_config(arch) or {}

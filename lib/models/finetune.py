@@ -16,10 +16,32 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from askshift.lib.data.loaders import split_info
+from askshift.lib.data.specs import get_spec
 from askshift.lib.models.device import resolve_device
-from askshift.lib.models.training import TrainConfig, place_images, place_model
+from askshift.lib.models.evaluation import eval_config, eval_loader, load_registered_model, model_record, predict
+from askshift.lib.models.families import (
+    HUB,
+    ModelName,
+    PretrainedUnavailable,
+    build_model,
+    clip_templates,
+    hub_offline,
+    model_family,
+)
+from askshift.lib.models.inputs import loader_config
+from askshift.lib.models.training import (
+    TrainConfig,
+    epoch_loader_factory,
+    kept_checkpoint_path,
+    load_model_weights,
+    place_images,
+    place_model,
+    seeded,
+    train_model,
+)
 from askshift.lib.registry import Registry
-from askshift.lib.store import ExperimentStore, atomic_write_json
+from askshift.lib.store import ExperimentStore, atomic_save_torch, atomic_write_json, content_hash, read_json
 
 PAPER_LR_GRID: tuple[float, ...] = (3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
 
@@ -115,16 +137,12 @@ RECIPES: dict[str, FinetuneHparams] = {"paper": FinetuneHparams(), "miniature": 
 
 def default_recipe(models: Sequence[str]) -> FinetuneHparams:
     """The models' families' recipe: the miniature when every family asks for it (cnn:), else the paper's."""
-    from askshift.lib.models.families import model_family
-
     names = {model_family(m).recipe for m in models}
     return RECIPES["miniature"] if names == {"miniature"} else RECIPES["paper"]
 
 
 def default_strategy(model: str) -> str:
     """The strategy a one-strategy study (the ablation) takes: ZS-FT where the family has a text tower, else FT."""
-    from askshift.lib.models.families import model_family
-
     return "zs-ft" if model_family(model).text_tower else "ft"
 
 
@@ -180,8 +198,6 @@ def validate_finetune(
     class_names_needed: bool = True,
 ) -> None:
     """Raise ``FinetuneInputError`` (one line) for inputs that cannot work, before anything trains."""
-    from askshift.lib.models.families import ModelName
-
     if not models:
         raise FinetuneInputError("no models given; pass --models, e.g. --models cnn:small")
     if not strategies:
@@ -200,8 +216,6 @@ def validate_finetune(
     for name in strategies:
         s = STRATEGIES.get(name)
         if s.needs_clip:
-            from askshift.lib.models.families import model_family
-
             wrong = [m for m in models if not model_family(m).text_tower]
             if wrong:
                 raise FinetuneInputError(f"strategy {name!r} needs a CLIP model (clip:...) for its zero-shot head; "
@@ -216,15 +230,12 @@ def validate_finetune(
 def check_weights(model: str, pretrained: str | None) -> None:
     """Fail before training when ``model``'s weights need the hub and the hub is off (HF_HUB_OFFLINE=1),
     or name a file that does not exist."""
-    from askshift.lib.models.families import HUB, PretrainedUnavailable, hub_offline
-
     _, tag = split_clip_name(model)
     source = pretrained or tag
     if source and source != HUB and Path(source).exists():
         return
     if source and source != HUB and ("/" in source or source.endswith((".pt", ".pth", ".bin", ".safetensors"))):
         raise FileNotFoundError(f"pre-trained weights {source!r} for {model} do not exist")
-    from askshift.lib.models.families import model_family
 
     # A clip: tag (``clip:ViT-B-32:openai``) names hub weights too.
     needs_hub = source == HUB or (model_family(model).text_tower and source is not None)
@@ -257,8 +268,6 @@ class FinetuneRun(BaseModel):
     group: str = "ft"
 
     def run_id(self) -> str:
-        from askshift.lib.store import content_hash
-
         return content_hash(self)
 
     def model_id(self) -> str:
@@ -327,13 +336,10 @@ def _finetune_train(hparams: FinetuneHparams, lr: float, seed: int, epochs: int 
 
 def build_initial_model(run: FinetuneRun, num_classes: int, exp: ExperimentStore | None = None):
     """The model a run starts from: pre-trained (or random) weights, new or zero-shot head, or its ``init`` run."""
-    from askshift.lib.models.families import build_model, clip_templates
-
     if run.init is not None:
         model = build_model(run.init.model, num_classes, **_arch_options(run.init))
         if exp is None:
             raise ValueError("a run with an init run needs the experiment store to find that run")
-        from askshift.lib.models.training import load_model_weights
 
         load_model_weights(model, final_checkpoint(exp, run.init))
         return model
@@ -352,8 +358,6 @@ def _arch_options(run: FinetuneRun) -> dict[str, Any]:
 
 
 def final_checkpoint(exp: ExperimentStore, run: FinetuneRun) -> Path:
-    from askshift.lib.models.training import kept_checkpoint_path
-
     return kept_checkpoint_path(exp.checkpoint_dir(run.run_id()), run.train.epochs)
 
 
@@ -386,11 +390,6 @@ def finetune_run(
 
 def _finetune_run_locked(exp: ExperimentStore, run: FinetuneRun, cache_dir: str | Path, device: str | torch.device,
                          num_workers: int, log: Callable[[str], None], eval_batch_size: int) -> RunOutcome:
-    from askshift.lib.data.loaders import split_info
-    from askshift.lib.data.specs import get_spec
-    from askshift.lib.models.inputs import loader_config
-    from askshift.lib.models.training import epoch_loader_factory, seeded, train_model
-
     run_id = run.run_id()
     if exp.is_done(run_id):
         info = _read_done(exp, run_id)
@@ -421,17 +420,12 @@ def _finetune_run_locked(exp: ExperimentStore, run: FinetuneRun, cache_dir: str 
 
 
 def _read_done(exp: ExperimentStore, run_id: str) -> dict:
-    from askshift.lib.store import read_json
-
     return read_json(exp.run_dir(run_id) / "done")
 
 
 def reference_accuracy(model, spec, cache_dir, device, batch_size: int = 512, num_workers: int = 1,
                        architecture: str | None = None, resolution: int | None = None) -> float:
     """Accuracy on ``source_val`` (what the learning rate is selected by), read as ``architecture`` reads images."""
-    from askshift.lib.models.evaluation import eval_loader, predict
-    from askshift.lib.models.inputs import loader_config
-
     config = loader_config(spec.reference.dataset, architecture, train=False, resolution=resolution,
                            batch_size=batch_size, num_workers=num_workers, device=str(device))
     # Every run of a sweep reads the same split: the pooled loader compiles once.
@@ -593,8 +587,6 @@ def dfr_registered_model(
     """DFR on a registered model: features of ``split`` (which must carry group labels), a refitted head,
     saved and registered as ``<model_id>+dfr`` in group ``<group>+dfr``.  Skipped when it exists."""
     from askshift.lib.data.loaders import split_info, split_loader
-    from askshift.lib.models.evaluation import eval_config, load_registered_model, model_record
-    from askshift.lib.store import atomic_save_torch, content_hash
 
     new_id = f"{model_id}{group_suffix}"
     record = model_record(exp, model_id)

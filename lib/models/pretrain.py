@@ -27,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from askshift.lib.models.device import resolve_device
+from askshift.lib.models.families import build_model
 from askshift.lib.models.training import SEED_LOCK, place_images, place_model
+from askshift.lib.store import atomic_save_torch, content_hash, load_torch
 
 # Letters whose glyphs resemble a digit in some font (O/0, I/l/1, S/5, Z/2, B/8, b/6, g/q/9, G/6, T/7)
 # are left out so the corpus is disjoint from the digits task in shape, not only in label.
@@ -267,9 +269,6 @@ def pretrain(
 
     If ``out`` already holds a checkpoint made with the same config it is reused (``cached=True``).
     """
-    from askshift.lib.models.families import build_model
-    from askshift.lib.store import atomic_save_torch, content_hash, load_torch
-
     out = Path(out)
     key = content_hash(config)
     if out.exists() and not force:
@@ -347,6 +346,4 @@ def evaluate_corpus(model: nn.Module, corpus: GlyphCorpus, config: PretrainConfi
 
 
 def content_hash_default() -> str:
-    from askshift.lib.store import content_hash
-
     return content_hash(PretrainConfig())

@@ -16,8 +16,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from askshift.lib.data.loaders import split_info
+from askshift.lib.data.specs import get_spec
 from askshift.lib.models.device import resolve_device
-from askshift.lib.store import ExperimentStore, atomic_save_torch, atomic_write_json, load_torch
+from askshift.lib.models.families import build_model
+from askshift.lib.models.inputs import loader_config
+from askshift.lib.store import ExperimentStore, atomic_save_torch, atomic_write_json, content_hash, load_torch
 
 CHECKPOINT_FORMAT = 1
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
@@ -405,8 +409,6 @@ class RunConfig(BaseModel):
     label: str | None = Field(None, description="readable prefix of the model ids; derived when None")
 
     def run_id(self) -> str:
-        from askshift.lib.store import content_hash
-
         return content_hash(self)
 
     def model_label(self) -> str:
@@ -476,11 +478,6 @@ def train_run(
 
 def _train_run_locked(exp: ExperimentStore, run: RunConfig, cache_dir: str | Path, device: str | torch.device,
                       num_workers: int, log: Callable[[str], None]) -> list[str]:
-    from askshift.lib.data.loaders import split_info
-    from askshift.lib.data.specs import get_spec
-    from askshift.lib.models.families import build_model
-    from askshift.lib.models.inputs import loader_config
-
     run_id = run.run_id()
     if exp.is_done(run_id):
         return [run.model_id(e) for e in run.train.kept_epochs()]

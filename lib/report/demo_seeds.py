@@ -8,6 +8,8 @@ from typing import Sequence
 import polars as pl
 from scipy import stats
 
+from askshift.lib.store import atomic_write_parquet, atomic_write_text
+
 SEEDS_TABLE = "demo_seeds"  # STORE/demo/tables/demo_seeds.parquet: one row per (shift, part, group) over seeds
 JUDGED_GROUPS = ("ft", "lp-ft")
 
@@ -122,8 +124,6 @@ def seeds_markdown(table: pl.DataFrame, report_paths: dict[int, str]) -> str:
 
 def write_seeds_report(table: pl.DataFrame, report_paths: dict[int, str], folder: str | Path) -> tuple[Path, Path]:
     """``folder/tables/demo_seeds.parquet`` and ``folder/seeds.md``."""
-    from askshift.lib.store import atomic_write_parquet, atomic_write_text
-
     folder = Path(folder)
     parquet = atomic_write_parquet(folder / "tables" / f"{SEEDS_TABLE}.parquet", table)
     markdown = atomic_write_text(folder / "seeds.md", seeds_markdown(table, report_paths))

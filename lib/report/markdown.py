@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
+from askshift.lib.report.plots import accuracy_on_the_line, er_by_group
 from askshift.lib.robustness.er import (
     EXAMPLE_BOOTSTRAP_COLUMNS,
     ERInputError,
@@ -29,6 +30,7 @@ from askshift.lib.robustness.er import (
     fit_columns,
     group_verdict,
 )
+from askshift.lib.robustness.metrics import SUB_SPLITS, metrics_table
 from askshift.lib.store import ExperimentStore, atomic_write_text, safe_name
 
 SUB_SPLIT_TITLES = {"all": "whole split", "in_support": "in-support part", "out_of_support": "out-of-support part"}
@@ -237,8 +239,6 @@ def shift_section(
     max_models: int = 15,
 ) -> ShiftSection:
     """Draw the two plots into ``exp``'s plots/ folder and return the markdown section that embeds them."""
-    from askshift.lib.report.plots import accuracy_on_the_line, er_by_group
-
     stem = safe_name(shift if sub_split == "all" else f"{shift}_{sub_split}")
     title = title or (shift if sub_split == "all" else f"{shift} ({SUB_SPLIT_TITLES.get(sub_split, sub_split)})")
     aotl = exp.plot_path(f"accuracy_on_the_line_{stem}")
@@ -321,8 +321,6 @@ def _newest_input(exp: ExperimentStore) -> float:
 
 def ensure_metrics(exp: ExperimentStore, refresh: bool = False) -> pl.DataFrame:
     """tables/metrics.parquet, recomputed from stored predictions when missing or older than any input."""
-    from askshift.lib.robustness.metrics import metrics_table
-
     path = exp.table_path("metrics")
     if not refresh and path.exists() and path.stat().st_mtime >= _newest_input(exp):
         metrics = pl.read_parquet(path)
@@ -345,8 +343,6 @@ def stored_correctness(exp: ExperimentStore, models: Sequence[str], split: str, 
     restricted to the examples of a sub-split ("in_support"/"out_of_support") when given; columns are the
     split's example indices in ascending order, the same for every model (the example bootstrap resamples
     them jointly)."""
-    from askshift.lib.robustness.metrics import SUB_SPLITS
-
     cache = {} if cache is None else cache
     per_model = {}
     for model in models:

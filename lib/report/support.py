@@ -8,8 +8,17 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from askshift.lib.store import ExperimentStore
-from askshift.lib.support.ratios import SupportEstimate, separation_failure
+from askshift.lib.report.markdown import stored_correctness
+from askshift.lib.robustness.er import (
+    ERInputError,
+    accuracy_pairs,
+    effective_robustness,
+    example_bootstrap,
+    fit_columns,
+)
+from askshift.lib.robustness.metrics import metrics_table
+from askshift.lib.store import ExperimentStore, write_with
+from askshift.lib.support.ratios import SupportEstimate, out_of_support, separation_failure
 
 SUB_SPLITS = ("all", "in_support", "out_of_support")
 SUB_SPLIT_LABELS = {"all": "whole split", "in_support": "in-support", "out_of_support": "out-of-support"}
@@ -45,16 +54,6 @@ def support_er(exp: ExperimentStore, reference_split: str, shifted_split: str, b
     part's size.  ``bootstrap_examples=N`` adds percentile intervals from N resamples of the part's examples
     and of the reference examples (jointly for all models) and of the baselines (askshift.lib.robustness.er.example_bootstrap).
     """
-    from askshift.lib.report.markdown import stored_correctness
-    from askshift.lib.robustness.er import (
-        ERInputError,
-        accuracy_pairs,
-        effective_robustness,
-        example_bootstrap,
-        fit_columns,
-    )
-    from askshift.lib.robustness.metrics import metrics_table
-
     reference = metrics_table(exp, splits=[reference_split])
     group_frames, model_frames, fit_rows, messages = [], [], [], {}
     cache: dict = {}
@@ -104,8 +103,6 @@ def probability_histogram(estimate: SupportEstimate, path: str | Path, title: st
     """Calibrated P(shifted) of reference and shifted examples (cross-fitted), with the ε threshold."""
     from matplotlib.figure import Figure
 
-    from askshift.lib.store import write_with
-
     p = estimate.probabilities
     fig = Figure(figsize=(6.0, 3.4), dpi=110, layout="constrained")
     ax = fig.subplots()
@@ -127,8 +124,6 @@ def probability_histogram(estimate: SupportEstimate, path: str | Path, title: st
 def example_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, title: str = "") -> Path:
     """One row of images (uint8 NHWC or float NCHW in [0, 1]) per label: reference / in-support / out-of-support."""
     from matplotlib.figure import Figure
-
-    from askshift.lib.store import write_with
 
     width = max((len(images) for _, images in rows), default=1) or 1
     fig = Figure(figsize=(1.1 * width + 1.2, 1.2 * len(rows) + 0.4), dpi=110, layout="constrained")
@@ -159,8 +154,6 @@ def _hwc(image: np.ndarray) -> np.ndarray:
 
 def pick_examples(estimate: SupportEstimate, epsilon: float | None, per_row: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Positions (in ``estimate.data``) of random reference, in-support and out-of-support examples."""
-    from askshift.lib.support.ratios import out_of_support
-
     rng = np.random.default_rng(seed)
     eps = estimate.epsilon if epsilon is None else epsilon
     ref = np.flatnonzero(estimate.data.domain == 0)

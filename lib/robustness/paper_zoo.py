@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from askshift.lib.models.families import PretrainedUnavailable, hub_offline, read_state_dict
 from askshift.lib.store import load_torch
 
 ZOO_CSV = Path(str(resources.files("askshift.lib.robustness") / "paper_zoo.csv"))
@@ -89,8 +90,6 @@ def load_zoo_model(name: str, weights_dir: str | Path | None = None, num_classes
     resolution); the module normalises them with the model's mean/std.
     """
     import timm
-
-    from askshift.lib.models.families import PretrainedUnavailable, hub_offline, read_state_dict
 
     arch = name.partition(".")[0]
     if not timm.is_model(arch):

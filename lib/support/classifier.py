@@ -20,7 +20,24 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from askshift.lib.data.datasets import dataset_info
+from askshift.lib.data.loaders import split_beton, split_info, stored_shape
+from askshift.lib.data.shifts import example_uniform
 from askshift.lib.data.specs import ExperimentSpec
+from askshift.lib.data.transforms import Decoding, is_photo_dataset
+from askshift.lib.models.device import resolve_device
+from askshift.lib.models.evaluation import predict
+from askshift.lib.models.families import build_model
+from askshift.lib.models.inputs import model_transform
+from askshift.lib.models.training import (
+    SEED_LOCK,
+    TrainConfig,
+    epoch_seed,
+    place_images,
+    place_model,
+    seed_everything,
+    train_model,
+)
 from askshift.lib.store import content_hash
 from askshift.lib.support.ratios import (
     DEFAULT_FOLDS,
@@ -71,8 +88,6 @@ class InMemoryImages:
         index = torch.from_numpy(chosen)
         images = self.images[index].float().div_(255.0)
         if self.flip and seed is not None:
-            from askshift.lib.data.shifts import example_uniform
-
             flipped = torch.as_tensor(example_uniform(seed, 0xF11B, chosen) < 0.5).view(-1, 1, 1, 1)
             images = torch.where(flipped, images.flip(-1), images)
         return (images, torch.from_numpy(self.domain[chosen]).long(), index)
@@ -212,8 +227,6 @@ def train_configs(config: DomainClassifierConfig, lr: float, n_train: int | None
 
     With ``n_train`` (examples trained on), each stage runs at least ``config.min_steps`` steps.
     """
-    from askshift.lib.models.training import TrainConfig
-
     def epochs(wanted: int) -> int:
         if not n_train or not config.min_steps:
             return wanted
@@ -236,9 +249,6 @@ def fit_domain_classifier(images: DomainImages, train_positions: np.ndarray, con
                           lr: float, checkpoint_dir: str | Path, device: str | torch.device = "cpu",
                           log: Callable[[str], None] = print) -> nn.Module:
     """Train a fresh two-class model (``config.model`` via askshift.lib.models.families) on ``train_positions`` only."""
-    from askshift.lib.models.families import build_model
-    from askshift.lib.models.training import SEED_LOCK, epoch_seed, seed_everything, train_model
-
     # Tasks may run as threads of one process, sharing torch's global RNG: seeding + building, and
     # train_model's own seeding at its start, happen under one lock, released when the first batch is asked for.
     with SEED_LOCK:
@@ -266,8 +276,6 @@ def fit_domain_classifier(images: DomainImages, train_positions: np.ndarray, con
 def score_positions(model: nn.Module, images: DomainImages, positions: np.ndarray, batch_size: int = 512,
                     device: str | torch.device = "cpu") -> np.ndarray:
     """The domain logit (logit of "shifted" minus logit of "reference") of each position, in the given order."""
-    from askshift.lib.models.evaluation import predict
-
     positions = np.asarray(positions, np.int64)
     logits, _, got = predict(model, images.eval_batches(positions, batch_size), device)
     score = logits[:, 1].astype(np.float64) - logits[:, 0].astype(np.float64)
@@ -325,15 +333,11 @@ class DomainImageCache:
 
 def shifted_is_labelled(setup: DomainSetup) -> bool:
     """False when the shifted side is a folder of images without labels (dataset ``images``)."""
-    from askshift.lib.data.datasets import dataset_info
-
     return dataset_info(setup.spec.distribution(setup.shifted_split)[0].dataset).labelled
 
 
 def load_domain_data(setup: DomainSetup) -> DomainData:
     """The reference sample plus the shifted set, as DomainData (checks classes and fold counts first)."""
-    from askshift.lib.data.loaders import split_info
-
     ref = split_info(setup.spec, setup.reference_split, setup.cache_dir)
     shifted = split_info(setup.spec, setup.shifted_split, setup.cache_dir)
     ref_idx = np.asarray(ref.indices, np.int64)
@@ -360,8 +364,6 @@ def parity_spec(spec: ExperimentSpec, reference_split: str, shifted_split: str) 
     the sets by storage alone; written alike, it can only see image content (the original sends both
     sides through one pipeline).  Photos on either side make both JPEG at the smaller longest side.
     """
-    from askshift.lib.data.transforms import is_photo_dataset
-
     ref, _ = spec.distribution(reference_split)
     shifted, _ = spec.distribution(shifted_split)
 
@@ -384,10 +386,6 @@ def parity_spec(spec: ExperimentSpec, reference_split: str, shifted_split: str) 
 def domain_decoding(setup: DomainSetup):
     """One decoding for both sides: photos on either side -> the classifier's centre crop at its resolution;
     same-size arrays -> as stored, both at the reference's side when the shifted images differ."""
-    from askshift.lib.data.loaders import split_beton, stored_shape
-    from askshift.lib.data.transforms import Decoding, is_photo_dataset
-    from askshift.lib.models.inputs import model_transform
-
     datasets = [setup.spec.distribution(s)[0].dataset for s in (setup.reference_split, setup.shifted_split)]
     resolution = setup.classifier.resolution
     if any(is_photo_dataset(d) for d in datasets):
@@ -466,9 +464,6 @@ NEIGHBOUR_POOL_MAX = 5000
 def embed_positions(model: nn.Module, images: DomainImages, positions: np.ndarray, batch_size: int = 512,
                     device: str | torch.device = "cpu") -> np.ndarray:
     """Unit-length penultimate features (``model.features``) of some positions, in the given order."""
-    from askshift.lib.models.device import resolve_device
-    from askshift.lib.models.training import place_images, place_model
-
     device = resolve_device(device)
     was_training = model.training
     place_model(model, device).eval()

@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from askshift.lib.data.datasets import load_dataset
+from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
 from askshift.lib.store import write_with
+from askshift.lib.support.ratios import DomainClassifierConfig, auroc, out_of_support
 
 TINT_WEIGHT = 0.25  # x <- (1 - w) x + w c, the paper's tint
 REFERENCE_SPLIT = "train"
@@ -75,8 +78,6 @@ def tint(images: np.ndarray, colours: np.ndarray) -> np.ndarray:
 
 
 def _digits(split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    from askshift.lib.data.datasets import load_dataset
-
     ds = load_dataset("digits", split, size=size)
     images = np.stack([ds.image_array(i) for i in range(len(ds))])
     return images, ds.labels
@@ -147,8 +148,6 @@ def membership_recovery(index: np.ndarray, ratios: np.ndarray, truth: np.ndarray
     """AUROC of the density ratio against the true out-of-support membership, and per-ε precision/recall."""
     import polars as pl
 
-    from askshift.lib.support.ratios import auroc, out_of_support
-
     true_out = truth[np.asarray(index, np.int64)]
     ratios = np.asarray(ratios, np.float64)
     # AUROC is rank-based; infinite ratios (a very sure classifier) stay the largest.
@@ -174,16 +173,12 @@ CHECK_EPSILON = 0.2
 
 
 def check_classifier(seed: int = 0):
-    from askshift.lib.support.ratios import DomainClassifierConfig
-
     return DomainClassifierConfig(model="cnn:tiny", lrs=(3e-3, 1e-3), epochs=2, batch_size=64, weight_decay=5e-4,
                                   reference_size=None, in_memory=True, seed=seed)
 
 
 def mixture_spec(npz_path: str | Path, name: str):
     """An ExperimentSpec over the mixture file: reference = split ``train``, target ``shifted`` (split ``shifted_val``)."""
-    from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
-
     root = str(Path(npz_path).resolve())
     return ExperimentSpec(
         name=name,
