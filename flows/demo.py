@@ -26,7 +26,6 @@ from askshift.flows.demo_config import (
     Progress,
     format_duration,
 )
-from askshift.flows.demo_config import DemoConfig as _Config
 from askshift.flows.demo_report import build_demo_report
 from askshift.flows.naming import demo_name, run_name
 from askshift.lib.data.datasets import load_dataset
@@ -257,7 +256,7 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
 
 def demo_key(store: str) -> str:
     """``demo``, or ``demo-STOREHASH`` for a store other than the demo's default (askshift.tasks.reporting: the key rule)."""
-    return experiment_key("demo", store, default_store=_Config.model_fields["store"].default)
+    return experiment_key("demo", store, default_store=DemoConfig.model_fields["store"].default)
 
 
 def _update_progress(bar: Any, value: float) -> None:

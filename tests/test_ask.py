@@ -61,19 +61,6 @@ def closing(out: subprocess.CompletedProcess) -> tuple[float, float, str]:
 FAST = ("--folds", "3", "--resolution", "16", "--lrs", "0.003", "--resamples", "500")
 
 
-def test_a_folder_of_images_without_labels_is_a_dataset(tmp_path):
-    from askshift.lib.data.datasets import dataset_info, load_dataset
-
-    make_flat_folder(tmp_path / "flat", n=5, seed=1)
-    make_flat_folder(tmp_path / "flat" / "more", n=2, seed=2, fmt="png")
-    (tmp_path / "flat" / ".DS_Store").write_bytes(b"\0\1")
-    (tmp_path / "flat" / "notes.txt").write_text("not an image")
-    data = load_dataset("images", "all", tmp_path / "flat")
-    assert len(data) == 7 and set(data.labels.tolist()) == {0} and data.class_names == ["unlabelled"]
-    assert not dataset_info("images").labelled and dataset_info("imagefolder").labelled
-    assert data.image_array(0).ndim == 3
-
-
 def test_ask_refuses_bad_input_with_one_line_before_compute(tmp_path):
     make_flat_folder(tmp_path / "flat", n=4)
     (tmp_path / "empty").mkdir()

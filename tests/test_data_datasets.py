@@ -23,8 +23,24 @@ def _png(path: Path, size: tuple[int, int] = (12, 10), value: int | None = None)
 
 
 def test_every_registered_dataset_is_covered_here():
-    covered = {"digits", "cifar10", "imagefolder", "imagenet-v2", "imagenet-sketch", "imagenet-r", "wilds:<name>", "npz"}
+    covered = {"digits", "cifar10", "imagefolder", "images", "imagenet-v2", "imagenet-sketch", "imagenet-r",
+               "wilds:<name>", "npz"}
     assert set(DATASETS.names()) == covered
+
+
+def test_a_folder_of_images_without_labels_is_a_dataset(tmp_path):
+    from photo_fixtures import make_flat_folder
+
+    from askshift.lib.data.datasets import dataset_info
+
+    make_flat_folder(tmp_path / "flat", n=5, seed=1)
+    make_flat_folder(tmp_path / "flat" / "more", n=2, seed=2, fmt="png")
+    (tmp_path / "flat" / ".DS_Store").write_bytes(b"\0\1")
+    (tmp_path / "flat" / "notes.txt").write_text("not an image")
+    data = load_dataset("images", "all", tmp_path / "flat")
+    assert len(data) == 7 and set(data.labels.tolist()) == {0} and data.class_names == ["unlabelled"]
+    assert not dataset_info("images").labelled and dataset_info("imagefolder").labelled
+    assert data.image_array(0).ndim == 3
 
 
 def test_digits_has_fixed_disjoint_splits_of_32px_rgb():

@@ -17,6 +17,7 @@ SHIFT_PARAMS = {
     "tint": {"alpha": 0.25, "spurious_p": 0.7},
     "vflip": {},
     "brightness": {"factor": 0.6, "offset": 0.1},
+    "grayscale": {"amount": 1.0},
     "blur": {"sigma": 1.0},
     "noise": {"std": 0.2},
     "frame": {"width": 2, "value": [1.0, 0.0, 0.5]},
@@ -49,6 +50,16 @@ def test_shift_depends_on_example_index_not_batch_order(name):
     torch.testing.assert_close(make_shift(name, NUM_CLASSES, SHIFT_PARAMS[name])(images, labels, indices), whole)
     assert whole.shape == images.shape and whole.dtype == images.dtype and whole.device.type == "cpu"
     assert 0.0 <= whole.min() and whole.max() <= 1.0
+
+
+def test_grayscale_keeps_the_luma_and_removes_the_colour():
+    images, labels, indices = _batch()
+    grey = make_shift("grayscale", NUM_CLASSES, {"amount": 1.0})(images, labels, indices)
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    luma = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
+    torch.testing.assert_close(grey[:, 0], luma)
+    half = make_shift("grayscale", NUM_CLASSES, {"amount": 0.5})(images, labels, indices)
+    torch.testing.assert_close(half, (images + grey) / 2)
 
 
 def test_tint_mixes_in_class_colours_with_spurious_probability():

@@ -125,6 +125,25 @@ class Brightness(Shift):
         return (images * self.factor + self.offset).clamp(0, 1)
 
 
+@SHIFTS.register("grayscale", "colour removed: x <- (1 - amount) x + amount luma(x) (ITU-R BT.601 weights)")
+class Grayscale(Shift):
+    """Black-and-white photos: each pixel's colour mixed towards its luma (``amount`` 1 = fully grey)."""
+
+    name = "grayscale"
+    WEIGHTS = (0.299, 0.587, 0.114)
+
+    def __init__(self, num_classes: int, amount: float = 1.0, seed: int = 0):
+        if not 0.0 <= amount <= 1.0:
+            raise ValueError(f"grayscale amount must lie in [0, 1], got {amount}")
+        super().__init__(num_classes, seed, amount=float(amount))
+        self.amount = float(amount)
+
+    def __call__(self, images, labels, indices):
+        weights = torch.tensor(self.WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        luma = (images * weights).sum(dim=1, keepdim=True)
+        return images * (1 - self.amount) + luma * self.amount
+
+
 @SHIFTS.register("blur", "gaussian blur with standard deviation sigma (pixels)")
 class Blur(Shift):
     """Gaussian blur, separable, reflect-padded."""
