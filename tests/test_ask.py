@@ -151,3 +151,41 @@ def test_ask_on_the_same_photos_in_another_file_format_finds_no_shift(tmp_path):
                    "--resamples", "500", cwd=tmp_path)
     auroc, share, verdict = closing(out)
     assert auroc < 0.6 and verdict == "no detectable shift", out.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_ask_with_models_from_an_experiment_adds_a_label_free_er_estimate(tmp_path):
+    import json
+    import shutil
+
+    from photo_fixtures import invert_folder
+
+    make_imagefolder(tmp_path / "A", classes=3, per_class=(20, 10), seed=5)
+    invert_folder(tmp_path / "A", tmp_path / "inverted")
+    store = tmp_path / "store"
+    trained = askshift("run", "baseline", "--dataset", "imagefolder", "--root", str(tmp_path / "A"), "--shift",
+                       "out_of_support", "--store", str(store), "--epochs", "2", "--train-fractions", "1", "0.5",
+                       cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    exp = store / "imagefolder-out_of_support"
+    # A stand-in "pre-trained" group: copies of the last-epoch baselines (their label-free ER must come out near 0).
+    for record in sorted((exp / "models").glob("*ep2*.json")):
+        info = json.loads(record.read_text())
+        copy = f"copy-{info['model']}"
+        (exp / "models" / f"{copy.replace(':', '_')}.json").write_text(json.dumps({**info, "model": copy,
+                                                                                    "group": "ft"}))
+    from askshift.lib.store import ExperimentStore
+
+    models = ExperimentStore(exp)
+    for model in models.models().filter(pl.col("group") == "ft")["model"]:
+        source = models.predictions_path(model.removeprefix("copy-"), "source_val")
+        models.predictions_path(model, "source_val").parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, models.predictions_path(model, "source_val"))
+    out = askshift("ask", "--reference", "imagefolder", "--reference-root", str(tmp_path / "A"), "--shifted-root",
+                   str(tmp_path / "inverted" / "val"), "--store", str(store), "--folds", "3", "--lrs", "0.003",
+                   "--resamples", "500", "--models-from", "imagefolder-out_of_support", cwd=tmp_path)
+    closing(out)
+    report = next(store.glob("ask-*/ask.md")).read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| all | ft |")]
+    assert rows and "(estimate)" in rows[0], report[-2000:]
+    assert all(models.has_predictions(m, "shifted_val") for m in models.models()["model"])  # every model predicted

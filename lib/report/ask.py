@@ -139,6 +139,10 @@ def _er_lines(er: dict[str, Any] | None) -> list[str]:
                         "models on the reference data (`askshift run baseline`, `askshift run finetune`), then ask "
                         "again with `--models-from EXPERIMENT`."]
     table: pl.DataFrame = er["table"]
+    if table.height == 0:
+        return lines + [f"The models of `{er.get('experiment', '')}` were predicted on the shifted images, but no ER "
+                        "estimate follows: it needs 3 or more baselines and a group of pre-trained models (`askshift "
+                        "run finetune`)."] + [f"- {part}: {msg}" for part, msg in er.get("messages", {}).items()]
     lines += ["Every accuracy on the shifted images below is an **estimate** (average thresholded confidence: the "
               "confidence threshold that reproduces each model's reference-validation accuracy, applied to the "
               "shifted images); the line is fitted on the baselines' estimates too. ER in points, 95% interval of "
@@ -198,7 +202,7 @@ def estimate_er_per_part(exp: ExperimentStore, membership: pl.DataFrame, models:
         table = table.select(keep_columns).filter(pl.col("group") != baseline_group)
         if "caution" not in table.columns:
             table = table.with_columns(pl.lit(None, pl.String).alias("caution"))
-    return {"table": table, "messages": messages}
+    return {"table": table, "messages": messages, "experiment": exp.name}
 
 
 __all__ = ["AskReport", "PARTS", "ask_report", "estimate_er_per_part", "models_with_reference_predictions"]
