@@ -9,23 +9,19 @@ second opinion) and, when trained models exist, a label-free ER estimate per par
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from askshift.flows.naming import ask_name, run_name
 from askshift.flows.split import SplitConfig, split_one_target
-from askshift.lib.models.evaluation import predict_to_store
 from askshift.lib.report.ask import ask_report, estimate_er_per_part, models_with_reference_predictions
 from askshift.lib.store import Store, atomic_write_text
 from askshift.lib.support.classifier import load_domain_data, position_images
+from askshift.tasks.prediction import predict_on_spec
 from askshift.tasks.reporting import experiment_key, publish_markdown, publish_result, store_words
-from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.support import DOMAIN_IMAGES
-from askshift.tasks.tags import GPU_TAG
 
 TARGET = "shifted"
 
@@ -47,18 +43,6 @@ class AskConfig(BaseModel):
     examples: int = Field(8, ge=1, le=32, description="images per row of the example grids")
 
 
-@task(name="predict models on the shifted images", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE,
-      tags=[GPU_TAG], retry_condition_fn=retry_if_transient, task_run_name="predict {experiment} on {split}")
-def predict_models(store: str, experiment: str, model_ids: list[str], split: str, spec: Any, cache_dir: str,
-                   device: str = "auto") -> list[str]:
-    """Logits of registered models on one split of ``spec`` (stored in their own experiment; skipped where present)."""
-    exp = Store(store).experiment(experiment)
-    todo = [m for m in model_ids if not exp.has_predictions(m, split)]
-    if todo:
-        predict_to_store(exp, todo, split, spec, cache_dir, device=device)
-    return [str(exp.predictions_path(m, split)) for m in model_ids]
-
-
 def label_free_er(config: AskConfig, exp, log) -> dict[str, Any] | None:
     """ATC estimates of every model of ``models_from`` on the shifted images, per part; None without models."""
     store = str(Store(config.split.store).root)
@@ -68,7 +52,7 @@ def label_free_er(config: AskConfig, exp, log) -> dict[str, Any] | None:
         return None
     split = f"{TARGET}_val"
     spec = config.split.setup(TARGET).spec
-    predict_models.submit(store, source.name, models, split, spec, config.split.resolved_cache_dir(),
+    predict_on_spec.submit(store, source.name, models, split, spec, config.split.resolved_cache_dir(),
                           config.split.device).result()
     log(f"label-free ER: {len(models)} models of {source.name} predicted on the shifted images")
     return estimate_er_per_part(source, exp.read_subsplit(split), models, config.split.eval_reference_split, split,
@@ -111,8 +95,4 @@ def ask(config: AskConfig) -> dict[str, Any]:
     return {**report.summary, "report": str(path), "artifact": key, "split": result["split"]}
 
 
-def ask_report_path(config: AskConfig) -> Path:
-    return Store(config.split.store).experiment(config.split.experiment_name()).root / "ask.md"
-
-
-__all__ = ["AskConfig", "TARGET", "ask", "predict_models"]
+__all__ = ["AskConfig", "TARGET", "ask"]

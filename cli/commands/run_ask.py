@@ -70,13 +70,11 @@ def build_config(args: argparse.Namespace):
     """AskConfig from the flags; every user error becomes one CliError line before the server starts."""
     from pydantic import ValidationError
 
-    from askshift.cli.commands.run_split import _check_classifier
-    from askshift.cli.main import check_run
+    from askshift.cli.commands.run_split import check_split_inputs, classifier_from_args
     from askshift.flows.ask import TARGET, AskConfig
-    from askshift.lib.data.specs import DistributionSpec, ExperimentSpec, check_spec_data
+    from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
     from askshift.lib.registry import UnknownNameError
-    from askshift.lib.support.classifier import domain_decoding, load_domain_data
-    from askshift.lib.support.ratios import SupportInputError, check_epsilons, default_classifier
+    from askshift.lib.support.ratios import SupportInputError, check_epsilons
 
     try:
         epsilon = check_epsilons([args.epsilon])[0] if args.epsilon is not None else None
@@ -89,25 +87,13 @@ def build_config(args: argparse.Namespace):
         spec = ExperimentSpec(name=args.experiment or _experiment(args),
                               description=f"ask: {args.shifted_root} against {args.reference}",
                               reference=reference, targets={TARGET: shifted})
-        classifier = default_classifier(args.device)
-        updates: dict[str, Any] = {"seed": args.seed}
-        if args.classifier:
-            _check_classifier(args.classifier)
-            updates.update(model=args.classifier,
-                           linear_probe_epochs=classifier.linear_probe_epochs if args.pretrained else 0)
-        for field in ("pretrained", "epochs", "resolution", "lrs", "reference_size"):
-            if getattr(args, field) is not None:
-                updates[field] = tuple(getattr(args, field)) if field == "lrs" else getattr(args, field)
-        classifier = classifier.model_validate({**classifier.model_dump(), **updates})
+        classifier = classifier_from_args(args)
         split: dict[str, Any] = dict(spec=spec, classifier=classifier, folds=args.folds, store=args.store,
                                      experiment=spec.name, cache_dir=args.cache_dir, device=args.device, seed=args.seed)
         if epsilon is not None:
             split["epsilon"] = epsilon
         config = AskConfig(split=split, models_from=args.models_from, resamples=args.resamples)
-        check_run(config.split)
-        check_spec_data(config.split.spec, config.split.resolved_cache_dir())
-        load_domain_data(config.split.setup(TARGET))  # sizes and folds
-        domain_decoding(config.split.setup(TARGET))  # both sides decodable alike
+        check_split_inputs(config.split)
         if args.models_from:
             from askshift.lib.store import Store
 

@@ -85,29 +85,49 @@ def _check_classifier(name: str) -> None:
             raise ValueError(f"unknown open_clip architecture {arch!r} (`open_clip.list_models()` lists them)")
 
 
+def classifier_from_args(args: argparse.Namespace):
+    """The device's default domain classifier with the flags' overrides (--classifier, --pretrained, --lrs, ...)."""
+    from askshift.lib.support.ratios import default_classifier
+
+    classifier = default_classifier(args.device)
+    updates: dict[str, Any] = {"seed": args.seed}
+    if args.classifier:
+        _check_classifier(args.classifier)
+        updates.update(model=args.classifier, linear_probe_epochs=classifier.linear_probe_epochs if args.pretrained else 0)
+    for field in ("pretrained", "lrs", "epochs", "reference_size", "resolution"):
+        value = getattr(args, field)
+        if value is not None:
+            updates[field] = tuple(value) if field == "lrs" else value
+    return classifier.model_validate({**classifier.model_dump(), **updates})
+
+
+def check_split_inputs(config) -> None:
+    """What a SplitConfig's run would fail on, before any server or training: the run's settings, every split's
+    files, and for every target the classes, sizes, folds and a decoding both sides share."""
+    from askshift.cli.main import check_run
+    from askshift.lib.data.specs import check_spec_data
+    from askshift.lib.support.classifier import domain_decoding, load_domain_data
+
+    check_run(config)
+    check_spec_data(config.spec, config.resolved_cache_dir())
+    for target in config.target_names():
+        load_domain_data(config.setup(target))  # classes, sizes and folds are checked here
+        domain_decoding(config.setup(target))  # both sides decodable alike at these settings
+
+
 def build_config(args: argparse.Namespace):
     """SplitConfig from the flags; every user error becomes one CliError line before any training."""
     from pydantic import ValidationError
 
     from askshift.flows.split import SplitConfig
     from askshift.lib.registry import UnknownNameError
-    from askshift.lib.support.classifier import load_domain_data
-    from askshift.lib.support.ratios import EPSILONS, SupportInputError, check_epsilons, default_classifier
+    from askshift.lib.support.ratios import EPSILONS, SupportInputError, check_epsilons
 
     try:
         epsilon = check_epsilons([args.epsilon])[0] if args.epsilon is not None else None
         epsilons = check_epsilons(args.epsilons) if args.epsilons else EPSILONS
         spec = _spec(args)
-        classifier = default_classifier(args.device)
-        updates: dict[str, Any] = {"seed": args.seed}
-        if args.classifier:
-            _check_classifier(args.classifier)
-            updates.update(model=args.classifier, linear_probe_epochs=classifier.linear_probe_epochs if args.pretrained else 0)
-        for field in ("pretrained", "lrs", "epochs", "reference_size", "resolution"):
-            value = getattr(args, field)
-            if value is not None:
-                updates[field] = tuple(value) if field == "lrs" else value
-        classifier = classifier.model_validate({**classifier.model_dump(), **updates})
+        classifier = classifier_from_args(args)
         fields: dict[str, Any] = dict(spec=spec, classifier=classifier, folds=args.folds, epsilons=epsilons,
                                       store=args.store, experiment=args.experiment, cache_dir=args.cache_dir,
                                       device=args.device, seed=args.seed,
@@ -115,17 +135,7 @@ def build_config(args: argparse.Namespace):
         if epsilon is not None:
             fields["epsilon"] = epsilon
         config = SplitConfig(**fields)
-        from askshift.cli.main import check_run
-
-        check_run(config)
-        from askshift.lib.data.specs import check_spec_data
-
-        check_spec_data(config.spec, config.resolved_cache_dir())
-        from askshift.lib.support.classifier import domain_decoding
-
-        for target in config.target_names():
-            load_domain_data(config.setup(target))  # classes, sizes and folds are checked here
-            domain_decoding(config.setup(target))  # both sides decodable alike at these settings
+        check_split_inputs(config)
     except ValidationError as exc:
         raise fail(exc, "split") from None
     except (SupportInputError, UnknownNameError, OSError, ValueError) as exc:

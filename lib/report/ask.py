@@ -193,15 +193,9 @@ def estimate_er_per_part(exp: ExperimentStore, membership: pl.DataFrame, models:
         except ValueError as exc:  # too few baselines, or all of them alike
             messages[part] = " ".join(str(exc).split())
             continue
-        frame = result.groups if isinstance(result.groups, pl.DataFrame) else pl.DataFrame(result.groups)
-        frames.append(frame.with_columns(pl.lit(part).alias("part")))
+        frames.append(result.groups.filter(pl.col("group") != baseline_group).select(
+            pl.lit(part).alias("part"), "group", "n_models", "effective_robustness", "er_lower", "er_upper", "caution"))
     table = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-    if table.height:
-        keep_columns = [c for c in ("part", "group", "n_models", "effective_robustness", "er_lower", "er_upper",
-                                    "caution") if c in table.columns]
-        table = table.select(keep_columns).filter(pl.col("group") != baseline_group)
-        if "caution" not in table.columns:
-            table = table.with_columns(pl.lit(None, pl.String).alias("caution"))
     return {"table": table, "messages": messages, "experiment": exp.name}
 
 

@@ -25,7 +25,6 @@ from askshift.lib.data.loaders import split_beton, split_info, stored_shape
 from askshift.lib.data.shifts import example_uniform
 from askshift.lib.data.specs import ExperimentSpec
 from askshift.lib.data.transforms import Decoding, is_photo_dataset
-from askshift.lib.models.device import resolve_device
 from askshift.lib.models.evaluation import predict
 from askshift.lib.models.families import build_model
 from askshift.lib.models.inputs import model_transform
@@ -33,8 +32,6 @@ from askshift.lib.models.training import (
     SEED_LOCK,
     TrainConfig,
     epoch_seed,
-    place_images,
-    place_model,
     seed_everything,
     train_model,
 )
@@ -278,9 +275,13 @@ def score_positions(model: nn.Module, images: DomainImages, positions: np.ndarra
     """The domain logit (logit of "shifted" minus logit of "reference") of each position, in the given order."""
     positions = np.asarray(positions, np.int64)
     logits, _, got = predict(model, images.eval_batches(positions, batch_size), device)
-    score = logits[:, 1].astype(np.float64) - logits[:, 0].astype(np.float64)
-    where = {int(p): j for j, p in enumerate(got.tolist())}
-    return score[[where[int(p)] for p in positions]]
+    return _in_order(logits[:, 1].astype(np.float64) - logits[:, 0].astype(np.float64), got, positions)
+
+
+def _in_order(values: np.ndarray, got: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Rows of ``values`` (in the order ``got`` the batches yielded them) rearranged into the order of ``positions``."""
+    where = {int(p): j for j, p in enumerate(np.asarray(got).tolist())}
+    return values[[where[int(p)] for p in positions]]
 
 
 # --- a domain-classifier job on experiment splits (what the split flow's tasks share) -----------------
@@ -460,24 +461,24 @@ def fit_and_score(setup: DomainSetup, data: DomainData, images: DomainImages, tr
 NEIGHBOUR_POOL_MAX = 5000
 
 
-@torch.no_grad()
+class _Features(nn.Module):
+    """A classifier's penultimate features as its output, so that ``predict`` runs it like any model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x).flatten(1)
+
+
 def embed_positions(model: nn.Module, images: DomainImages, positions: np.ndarray, batch_size: int = 512,
                     device: str | torch.device = "cpu") -> np.ndarray:
     """Unit-length penultimate features (``model.features``) of some positions, in the given order."""
-    device = resolve_device(device)
-    was_training = model.training
-    place_model(model, device).eval()
-    embed = getattr(model, "features", model)
-    chunks, order = [], []
-    try:
-        for x, _, got in images.eval_batches(np.asarray(positions, np.int64), batch_size):
-            chunks.append(embed(place_images(x, device)).flatten(1).float().cpu())
-            order.append(np.asarray(got, np.int64))
-    finally:
-        model.train(was_training)
-    features = torch.nn.functional.normalize(torch.cat(chunks), dim=1).numpy()
-    where = {int(p): j for j, p in enumerate(np.concatenate(order).tolist())}
-    return features[[where[int(p)] for p in positions]]
+    positions = np.asarray(positions, np.int64)
+    net = _Features(model) if hasattr(model, "features") else model
+    features, _, got = predict(net, images.eval_batches(positions, batch_size), device)
+    return _in_order(torch.nn.functional.normalize(torch.from_numpy(features), dim=1).numpy(), got, positions)
 
 
 def nearest_reference(model: nn.Module, images: DomainImages, pool: np.ndarray, query: np.ndarray,
