@@ -17,6 +17,7 @@ TASK_PARTS: dict[str, str] = {
     "domain classifier: one learning rate": "training",
     "domain classifier: one fold": "training",
     "predict checkpoints on one split": "prediction",
+    "predict models on another experiment's split": "prediction",
     "predict one zoo model": "prediction",
     "build ER report": "reporting",
     "demo report": "reporting",
