@@ -14,6 +14,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from askshift.flows.backends import on_caller_backend
+from askshift.flows.finetune import FinetuneConfig, pretrained_finetune
 from askshift.flows.naming import ask_name, run_name
 from askshift.flows.split import SplitConfig, split_one_target
 from askshift.lib.report.ask import ask_report, estimate_er_per_part, models_with_reference_predictions
@@ -41,6 +43,23 @@ class AskConfig(BaseModel):
     knn_quantile: float = Field(0.99, gt=0.5, lt=1, description="second opinion: a shifted example is far when its "
                                 "nearest reference neighbour is farther than this quantile of the reference's own")
     examples: int = Field(8, ge=1, le=32, description="images per row of the example grids")
+    estimate_er: bool = Field(False, description="when the store holds no trained models for the label-free ER: "
+                              "train them first in the ask experiment (the finetune flow with its defaults for the "
+                              "device: from-scratch baselines, then fine-tuned pre-trained models)")
+
+
+def train_models_for_estimate(config: AskConfig, exp, log) -> None:
+    """``--estimate-er`` without models: the finetune flow (baselines first, then the pre-trained groups) on the ask
+    spec, in the ask experiment; the shifted images are predicted but never scored (they have no labels)."""
+    split = config.split
+    spec_path = exp.root / "ask_spec.json"
+    atomic_write_text(spec_path, split.spec.model_dump_json(indent=2))
+    log("label-free ER: no trained models yet (--estimate-er): training baselines and fine-tuned models on the "
+        "reference data")
+    on_caller_backend(pretrained_finetune)(FinetuneConfig(
+        dataset=split.spec.reference.dataset, shift=str(spec_path), root=split.spec.reference.root,
+        store=str(Store(split.store).root), experiment=exp.name, cache_dir=split.resolved_cache_dir(),
+        device=split.device, seed=split.seed, report=False))
 
 
 def label_free_er(config: AskConfig, exp, log) -> dict[str, Any] | None:
@@ -48,6 +67,9 @@ def label_free_er(config: AskConfig, exp, log) -> dict[str, Any] | None:
     store = str(Store(config.split.store).root)
     source = Store(store).experiment(config.models_from) if config.models_from else exp
     models = models_with_reference_predictions(source, config.split.eval_reference_split)
+    if not models and config.estimate_er and not config.models_from:
+        train_models_for_estimate(config, exp, log)
+        models = models_with_reference_predictions(source, config.split.eval_reference_split)
     if not models:
         return None
     split = f"{TARGET}_val"

@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-from", metavar="EXPERIMENT",
                         help="experiment folder of the store whose trained models give a label-free ER estimate "
                              "(default: the ask experiment's own models, if any)")
+    parser.add_argument("--estimate-er", action="store_true",
+                        help="without trained models: train them first in the ask experiment (from-scratch "
+                             "baselines, then fine-tuned pre-trained models, as `askshift run finetune` does with its "
+                             "defaults for the device: cnn:small with its local glyph pre-training on CPU), then give "
+                             "the label-free ER estimate. Minutes on CPU for small images; for CLIP or timm models run "
+                             "`askshift run finetune` on the reference data and pass --models-from")
     parser.add_argument("--folds", type=int, default=10, help="cross-fitting folds (default 10)")
     parser.add_argument("--epsilon", type=float, default=None,
                         help="out-of-support when the density ratio >= 1/epsilon (default 0.2, the paper's)")
@@ -92,7 +98,11 @@ def build_config(args: argparse.Namespace):
                                      experiment=spec.name, cache_dir=args.cache_dir, device=args.device, seed=args.seed)
         if epsilon is not None:
             split["epsilon"] = epsilon
-        config = AskConfig(split=split, models_from=args.models_from, resamples=args.resamples)
+        if args.estimate_er and args.models_from:
+            raise CliError("--estimate-er trains models in the ask experiment and --models-from reads another "
+                           "experiment's: give one of them")
+        config = AskConfig(split=split, models_from=args.models_from, resamples=args.resamples,
+                           estimate_er=args.estimate_er)
         check_split_inputs(config.split)
         if args.models_from:
             from askshift.lib.store import Store
