@@ -35,7 +35,8 @@ def main() -> int:
 
     workers = min(8, os.cpu_count() or 1)  # FFCV decoding threads (numba refuses more than the cores)
 
-    from askshift.lib.models.finetune import FinetuneHparams, finetune_run, plan_run
+    from askshift.lib.models.finetune import finetune_run, plan_run
+    from askshift.lib.models.strategies import FinetuneHparams
     from askshift.lib.models.training import RunConfig, TrainConfig, train_run
     from askshift.lib.store import Store
     from tests.photo_fixtures import make_imagefolder

@@ -5,7 +5,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from askshift.lib.data.specs import get_spec
-from askshift.lib.models.finetune import FinetuneRun, dfr_registered_model, finetune_run
+from askshift.lib.models.dfr import dfr_registered_model
+from askshift.lib.models.finetune import FinetuneRun, finetune_run
 from askshift.lib.models.pretrain import PretrainConfig, pretrain
 from askshift.lib.store import Store
 from askshift.tasks.retry import retry_if_transient

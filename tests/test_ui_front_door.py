@@ -104,7 +104,7 @@ def test_the_form_schema_accepts_every_deployments_defaults_and_good_pairs():
 def test_closed_choices_are_the_registries_names():
     import typing
 
-    from askshift.lib.models.finetune import PRESETS, STRATEGIES
+    from askshift.lib.models.strategies import PRESETS, STRATEGIES
     from askshift.lib.names import FinetunePreset, Strategy
     from askshift.lib.robustness.er import ERSettings
     from askshift.lib.robustness.lines import SCALES
