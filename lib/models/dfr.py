@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from askshift.lib.data.loaders import split_info, split_loader
+from askshift.lib.data.loaders import LoaderPool, split_info, split_loader
 from askshift.lib.models.device import resolve_device
 from askshift.lib.models.evaluation import eval_config, load_registered_model, model_record
 from askshift.lib.models.training import place_images, place_model
@@ -144,6 +144,7 @@ def dfr_registered_model(
     num_workers: int = 1,
     C_grid: Sequence[float] = (1.0, 0.3, 0.1, 0.03),
     log: Callable[[str], None] = print,
+    pool: LoaderPool | None = None,
 ) -> str:
     """DFR on a registered model: features of ``split`` (which must carry group labels), a refitted head,
     saved and registered as ``<model_id>+dfr`` in group ``<group>+dfr``.  Skipped when it exists."""
@@ -162,8 +163,8 @@ def dfr_registered_model(
     model = load_registered_model(exp, model_id)
     config = eval_config(record, spec.distribution(split)[0].dataset, batch_size=512, num_workers=num_workers,
                          device=str(device))
-    loader = split_loader(spec, split, cache_dir, config, train=False)
-    feats, labels, indices = extract_features(model, loader, device)
+    with split_loader(spec, split, cache_dir, config, train=False, pool=pool) as loader:
+        feats, labels, indices = extract_features(model, loader, device)
     result = fit_dfr(feats, labels, np.asarray(info.groups)[indices], int(record["num_classes"]), C_grid=C_grid)
     apply_dfr(model.cpu(), result)
     atomic_save_torch(path, model.state_dict())

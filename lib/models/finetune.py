@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from askshift.lib.data.loaders import split_info
+from askshift.lib.data.loaders import LoaderPool, split_info
 from askshift.lib.data.specs import get_spec
 from askshift.lib.models.device import resolve_device
 from askshift.lib.models.evaluation import eval_loader, predict
@@ -247,32 +247,35 @@ def finetune_run(
     num_workers: int = 1,
     log: Callable[[str], None] = print,
     eval_batch_size: int = 512,
+    pool: LoaderPool | None = None,
 ) -> RunOutcome:
     """Train ``run`` (its ``init`` run first if that is not done), resumable; returns its reference-val accuracy.
 
     Finished runs (a ``done`` marker) are not trained again; their stored outcome is returned. An identical run
     training at the same time on this store is waited for and then reused (a file lock in its run folder).
+    ``pool``: compiled loaders to reuse across the runs of a sweep (None: built afresh).
     """
     with exp.run_lock(run.run_id()):
-        return _finetune_run_locked(exp, run, cache_dir, device, num_workers, log, eval_batch_size)
+        return _finetune_run_locked(exp, run, cache_dir, device, num_workers, log, eval_batch_size, pool)
 
 
 def _finetune_run_locked(exp: ExperimentStore, run: FinetuneRun, cache_dir: str | Path, device: str | torch.device,
-                         num_workers: int, log: Callable[[str], None], eval_batch_size: int) -> RunOutcome:
+                         num_workers: int, log: Callable[[str], None], eval_batch_size: int,
+                         pool: LoaderPool | None) -> RunOutcome:
     run_id = run.run_id()
     if exp.is_done(run_id):
         info = _read_done(exp, run_id)
         return RunOutcome(run_id, run.model_id(), final_checkpoint(exp, run), float(info["val_accuracy"]), int(info["num_classes"]))
     if run.init is not None and not exp.is_done(run.init.run_id()):
         log(f"{run.strategy}: training the {run.init.strategy} stage it starts from first")
-        finetune_run(exp, run.init, cache_dir, device, num_workers, log, eval_batch_size)
+        finetune_run(exp, run.init, cache_dir, device, num_workers, log, eval_batch_size, pool)
     device = resolve_device(device)
     spec = get_spec(run.shift, dataset=run.dataset, root=run.root)
     info = split_info(spec, "source_train", cache_dir)
     atomic_write_json(exp.run_dir(run_id) / "config.json", run)
     config = loader_config(spec.reference.dataset, run.model, train=True, resolution=run.resolution,
                            batch_size=run.train.batch_size, num_workers=num_workers, device=device)
-    make_loader = epoch_loader_factory(spec, "source_train", cache_dir, config, run.train.seed)
+    make_loader = epoch_loader_factory(spec, "source_train", cache_dir, config, run.train.seed, pool=pool)
 
     with seeded(run.train.seed):  # a new head (and a scratch model) follows the seed
         model = build_initial_model(run, info.num_classes, exp)
@@ -281,7 +284,7 @@ def _finetune_run_locked(exp: ExperimentStore, run: FinetuneRun, cache_dir: str 
     result = train_model(model, make_loader, run.train, exp.checkpoint_dir(run_id), device=device, log=log)
     model.freeze_backbone(False)
     accuracy = reference_accuracy(model, spec, cache_dir, device, eval_batch_size, num_workers,
-                                  architecture=run.model, resolution=run.resolution)
+                                  architecture=run.model, resolution=run.resolution, pool=pool)
     exp.mark_done(run_id, {"val_accuracy": accuracy, "num_classes": info.num_classes, "model": run.model_id(),
                            "seconds": sum(h.seconds for h in result.history)})
     log(f"{run.strategy} {run.model} lr={run.train.lr:g} seed={run.train.seed}: source_val accuracy {accuracy:.4f}")
@@ -293,12 +296,13 @@ def _read_done(exp: ExperimentStore, run_id: str) -> dict:
 
 
 def reference_accuracy(model, spec, cache_dir, device, batch_size: int = 512, num_workers: int = 1,
-                       architecture: str | None = None, resolution: int | None = None) -> float:
+                       architecture: str | None = None, resolution: int | None = None,
+                       pool: LoaderPool | None = None) -> float:
     """Accuracy on ``source_val`` (what the learning rate is selected by), read as ``architecture`` reads images."""
     config = loader_config(spec.reference.dataset, architecture, train=False, resolution=resolution,
                            batch_size=batch_size, num_workers=num_workers, device=str(device))
-    # Every run of a sweep reads the same split: the pooled loader compiles once.
-    with eval_loader(spec, "source_val", cache_dir, config) as loader:
+    # Every run of a sweep reads the same split: with a pool, its loader compiles once.
+    with eval_loader(spec, "source_val", cache_dir, config, pool=pool) as loader:
         logits, labels, _ = predict(model, loader, device)
     return float((logits.argmax(1) == labels).mean())
 
