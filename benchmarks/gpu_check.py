@@ -35,7 +35,9 @@ def main() -> int:
 
     workers = min(8, os.cpu_count() or 1)  # FFCV decoding threads (numba refuses more than the cores)
 
-    from askshift.lib.models.finetune import FinetuneHparams, finetune_run, plan_run
+    from askshift.lib.data.loaders import LoaderPool
+    from askshift.lib.models.finetune import finetune_run, plan_run
+    from askshift.lib.models.strategies import FinetuneHparams
     from askshift.lib.models.training import RunConfig, TrainConfig, train_run
     from askshift.lib.store import Store
     from tests.photo_fixtures import make_imagefolder
@@ -54,12 +56,13 @@ def main() -> int:
     cache = work / "cache"
     n_train = 4 * per_class[0]
     amp = "bf16" if args.device.startswith("cuda") else "none"
+    pool = LoaderPool()  # as the tasks share theirs: a compiled loader is reused where a pipeline repeats
 
     train = TrainConfig(epochs=args.epochs, lr=1e-3, batch_size=128, amp=amp, warmup_epochs=0.5)
     run = RunConfig(dataset="imagefolder", shift="out_of_support", root=str(work / "photos"), architecture="cnn:small",
                     train=train)
     t = time.perf_counter()
-    train_run(exp, run, cache, device=args.device, num_workers=workers, log=lambda _m: None)
+    train_run(exp, run, cache, device=args.device, num_workers=workers, log=lambda _m: None, pool=pool)
     _rate("baseline cnn:small (64 px, RRC+flip)", n_train * args.epochs, time.perf_counter() - t)
 
     import timm
@@ -70,7 +73,7 @@ def main() -> int:
     ft = plan_run("ft", "timm:resnet18", hp, 1e-4, 0, dataset="imagefolder", shift="out_of_support",
                   root=str(work / "photos"), pretrained=str(weights))
     t = time.perf_counter()
-    outcome = finetune_run(exp, ft, cache, device=args.device, num_workers=workers, log=lambda _m: None)
+    outcome = finetune_run(exp, ft, cache, device=args.device, num_workers=workers, log=lambda _m: None, pool=pool)
     _rate("fine-tune timm:resnet18 (224 px)", n_train * args.epochs, time.perf_counter() - t)
     print(f"  reference val accuracy {outcome.val_accuracy:.3f}")
 
@@ -83,7 +86,7 @@ def main() -> int:
                         classifier=DomainClassifierConfig(model="timm:resnet18", pretrained=str(weights), epochs=1,
                                                           min_steps=0, batch_size=128))
     data = load_domain_data(setup)
-    images = domain_images(setup, data, num_workers=workers)
+    images = domain_images(setup, data, num_workers=workers, pool=pool)
     fold = fold_plan(data, 2, 0)[0]
     t = time.perf_counter()
     fit_and_score(setup, data, images, fold.train, fold.heldout, 1e-4, work / "fold", device=args.device,

@@ -99,7 +99,7 @@ def measure(root: Path, cache: Path, workers: int, batch_size: int, resolution: 
     import numpy as np
 
     from askshift.lib.data.beton import ensure_beton
-    from askshift.lib.data.loaders import LOADER_POOL, LoaderConfig, split_loader
+    from askshift.lib.data.loaders import LoaderConfig, LoaderPool, split_loader
     from askshift.lib.data.specs import get_spec
     from askshift.lib.models.families import build_model
     from askshift.lib.models.training import TrainConfig, epoch_loader_factory, train_model
@@ -116,22 +116,23 @@ def measure(root: Path, cache: Path, workers: int, batch_size: int, resolution: 
                               resolution=resolution, flip=True)
         start = time.perf_counter()
         # One batch compiles the pipeline; closing hands the loader to the pool, where the epoch below finds it.
+        pool = LoaderPool()
         with split_loader(spec, "source_train", cache, config, train=True,
-                          indices=np.arange(min(batch_size, beton.num_records))) as warm:
+                          indices=np.arange(min(batch_size, beton.num_records)), pool=pool) as warm:
             for _ in warm:
                 pass
         compile_s = time.perf_counter() - start
 
         model = build_model(model_name, beton.num_classes)
         train = TrainConfig(epochs=1, batch_size=batch_size)
-        make_loader = epoch_loader_factory(spec, "source_train", cache, config, seed=train.seed)
+        make_loader = epoch_loader_factory(spec, "source_train", cache, config, seed=train.seed, pool=pool)
         with tempfile.TemporaryDirectory() as checkpoints:
             result = train_model(model, make_loader, train, checkpoints, device="cpu", log=lambda _: None)
         epoch = result.history[0]
         own, child = peak_rss_mb()
     return {
         "n": beton.num_records, "write_s": write_s, "compile_s": compile_s, "epoch_s": epoch.seconds,
-        "epoch_examples": epoch.examples, "accuracy": epoch.accuracy, "loader_reused": LOADER_POOL.stats.reused,
+        "epoch_examples": epoch.examples, "accuracy": epoch.accuracy, "loader_reused": pool.stats.reused,
         "beton_mb": beton.path.stat().st_size / 2**20, "own_write_mb": own_write, "own_mb": own, "child_mb": child,
         "tree_write_mb": tree_write, "tree_mb": tree.peak_mb,
     }

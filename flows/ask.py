@@ -21,6 +21,7 @@ from askshift.flows.split import SplitConfig, split_one_target
 from askshift.lib.report.ask import ask_report, estimate_er_per_part, models_with_reference_predictions
 from askshift.lib.store import Store, atomic_write_text
 from askshift.lib.support.classifier import load_domain_data, position_images
+from askshift.tasks.loader_pool import LOADER_POOL
 from askshift.tasks.prediction import predict_on_spec
 from askshift.tasks.reporting import experiment_key, publish_markdown, publish_result, store_words
 from askshift.tasks.support import DOMAIN_IMAGES
@@ -97,7 +98,7 @@ def ask(config: AskConfig) -> dict[str, Any]:
     scores = exp.read_table(f"support_scores_{TARGET}")
 
     def images(positions):
-        return position_images(setup, data, positions, cache=DOMAIN_IMAGES)
+        return position_images(setup, data, positions, cache=DOMAIN_IMAGES, pool=LOADER_POOL)
 
     report = ask_report(exp, scores, images, epsilon=split_config.epsilon, epsilons=split_config.epsilons,
                         auroc_value=result["auroc"], resamples=config.resamples, quantile=config.knn_quantile,

@@ -15,7 +15,7 @@ from typing import Annotated, Callable, Literal, Sequence
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from askshift.lib.robustness.er import group_verdict
+from askshift.lib.robustness.wording import group_verdict
 from askshift.lib.store import Store, content_hash
 
 DEMO_EXPERIMENT = "demo"  # STORE/demo/ holds the combined report, its plots and tables

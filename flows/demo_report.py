@@ -33,7 +33,9 @@ from askshift.lib.report.markdown import (
     group_table_markdown,
 )
 from askshift.lib.report.plots import accuracy_on_the_line, er_by_group
-from askshift.lib.robustness.er import ERInputError, accuracy_pairs, compare_fits
+from askshift.lib.robustness.comparison import compare_fits
+from askshift.lib.robustness.er import accuracy_pairs
+from askshift.lib.robustness.lines import ERInputError
 from askshift.lib.store import ExperimentStore, Store, atomic_write_text, content_hash, load_torch, safe_name
 from askshift.lib.support.known_answer import membership_recovery
 from askshift.lib.support.ratios import DEFAULT_EPSILON

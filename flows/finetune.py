@@ -18,15 +18,9 @@ from askshift.lib.data.loaders import split_info
 from askshift.lib.data.specs import get_spec
 from askshift.lib.models.families import HUB, model_family
 from askshift.lib.models.finetune import (
-    MINIATURE,
-    PRESETS,
-    STRATEGIES,
-    FinetuneHparams,
     FinetuneRun,
     RunOutcome,
     check_weights,
-    default_recipe,
-    default_strategy,
     final_checkpoint,
     plan_run,
     register_run,
@@ -34,6 +28,14 @@ from askshift.lib.models.finetune import (
     validate_finetune,
 )
 from askshift.lib.models.pretrain import PretrainConfig
+from askshift.lib.models.strategies import (
+    MINIATURE,
+    PRESETS,
+    STRATEGIES,
+    FinetuneHparams,
+    default_recipe,
+    default_strategy,
+)
 from askshift.lib.names import (
     DATASET_SCHEMA,
     MODEL_SCHEMA,

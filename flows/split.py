@@ -50,6 +50,7 @@ from askshift.lib.support.ratios import (
     fold_plan,
     separation_failure,
 )
+from askshift.tasks.loader_pool import LOADER_POOL
 from askshift.tasks.reporting import (
     ProgressBar,
     artifact_key,
@@ -236,7 +237,7 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
                                                                title=f"{split}: domain classifier")}
     if config.examples_per_row:
         picked = pick_examples(estimate, None, config.examples_per_row, config.seed)
-        rows = [(label, position_images(setup, data, picked[label], cache=DOMAIN_IMAGES))
+        rows = [(label, position_images(setup, data, picked[label], cache=DOMAIN_IMAGES, pool=LOADER_POOL))
                 for label in ("reference", "in-support", "out-of-support")]
         plots["examples"] = example_grid(rows, exp.plot_path(f"support_examples_{target}"),
                                          title=f"{split} at ε = {config.epsilon:g}")

@@ -21,7 +21,8 @@ from askshift.flows.split import SplitConfig, split_one_target
 from askshift.lib.data.class_subset import restrict_reference, spec_class_subset
 from askshift.lib.report.markdown import note_markdown
 from askshift.lib.report.support import support_er
-from askshift.lib.robustness.er import ERInputError, accuracy_pairs, effective_robustness
+from askshift.lib.robustness.er import accuracy_pairs, effective_robustness
+from askshift.lib.robustness.lines import ERInputError
 from askshift.lib.robustness.metrics import metrics_table
 from askshift.lib.robustness.paper_zoo import BASELINE_GROUP, PRETRAINED_GROUP, paper_zoo
 from askshift.lib.store import ExperimentStore, Store

@@ -56,7 +56,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# Closed sets fixed at import: dropdowns in the UI form (askshift.lib.models.finetune's STRATEGIES and PRESETS; checked by the
+# Closed sets fixed at import: dropdowns in the UI form (askshift.lib.models.strategies' STRATEGIES and PRESETS; checked by the
 # tests against the registries).
 Strategy = Literal["ft", "lp", "lp-ft", "scratch", "zs-ft"]
 FinetunePreset = Literal["augreg_in21k", "openai_clip"]

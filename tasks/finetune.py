@@ -5,9 +5,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from askshift.lib.data.specs import get_spec
-from askshift.lib.models.finetune import FinetuneRun, dfr_registered_model, finetune_run
+from askshift.lib.models.dfr import dfr_registered_model
+from askshift.lib.models.finetune import FinetuneRun, finetune_run
 from askshift.lib.models.pretrain import PretrainConfig, pretrain
 from askshift.lib.store import Store
+from askshift.tasks.loader_pool import LOADER_POOL
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.tags import GPU_TAG
 
@@ -37,7 +39,7 @@ def finetune_one(
     logger = get_run_logger()
     exp = Store(store).experiment(experiment)
     outcome = finetune_run(exp, run, cache_dir, device=device, num_workers=num_workers, log=logger.info,
-                           eval_batch_size=eval_batch_size)
+                           eval_batch_size=eval_batch_size, pool=LOADER_POOL)
     return {"run_id": outcome.run_id, "model_id": outcome.model_id, "val_accuracy": outcome.val_accuracy,
             "num_classes": outcome.num_classes, "lr": run.train.lr, "seed": run.train.seed}
 
@@ -61,4 +63,4 @@ def dfr_one(
     exp = Store(store).experiment(experiment)
     spec = get_spec(shift, dataset=dataset, root=root)
     return dfr_registered_model(exp, model_id, spec, split, cache_dir, group_suffix=group_suffix, device=device,
-                                num_workers=num_workers, log=get_run_logger().info)
+                                num_workers=num_workers, log=get_run_logger().info, pool=LOADER_POOL)

@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from askshift.lib.data.specs import ExperimentSpec, get_spec
 from askshift.lib.store import Store
+from askshift.tasks.loader_pool import LOADER_POOL
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.tags import GPU_TAG
 
@@ -61,6 +62,6 @@ def _predict_missing(store: str, experiment: str, model_ids: list[str], split: s
     exp = Store(store).experiment(experiment)
     todo = [m for m in model_ids if not exp.has_predictions(m, split)]
     if todo:
-        predict_to_store(exp, todo, split, make_spec(), cache_dir, **options)
+        predict_to_store(exp, todo, split, make_spec(), cache_dir, pool=LOADER_POOL, **options)
         get_run_logger().info(f"predicted {len(todo)} model(s) on {split}")
     return [str(exp.predictions_path(m, split)) for m in model_ids]

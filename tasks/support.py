@@ -18,6 +18,7 @@ from askshift.lib.support.classifier import (
     load_domain_data,
 )
 from askshift.lib.support.ratios import auroc, fold_plan, tuning_fold
+from askshift.tasks.loader_pool import LOADER_POOL
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.tags import GPU_TAG
 
@@ -47,7 +48,7 @@ def _fit(exp: ExperimentStore, setup: DomainSetup, run_id: str, data, train, hel
     scores and mark the run done; returns the scores table."""
     import polars as pl
 
-    images = domain_images(setup, data, num_workers, cache=DOMAIN_IMAGES)
+    images = domain_images(setup, data, num_workers, cache=DOMAIN_IMAGES, pool=LOADER_POOL)
     out = fit_and_score(setup, data, images, train, heldout, lr, exp.run_dir(run_id) / "checkpoints", device, log,
                         neighbours=neighbours)
     logits, *near = out if neighbours else (out,)

@@ -6,6 +6,7 @@ from prefect.cache_policies import NO_CACHE
 
 from askshift.lib.models.training import RunConfig, train_run
 from askshift.lib.store import Store
+from askshift.tasks.loader_pool import LOADER_POOL
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.tags import GPU_TAG
 
@@ -34,4 +35,4 @@ def train_one_model(
     """Train one model (or resume it, or skip it when done); returns the ids of its kept checkpoints."""
     logger = get_run_logger()
     exp = Store(store).experiment(experiment)
-    return train_run(exp, run, cache_dir, device=device, num_workers=num_workers, log=logger.info)
+    return train_run(exp, run, cache_dir, device=device, num_workers=num_workers, log=logger.info, pool=LOADER_POOL)

@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 from askshift.lib.data.specs import ExperimentSpec
 from askshift.lib.data.transforms import decoding
 from askshift.lib.store import Store
+from askshift.tasks.loader_pool import LOADER_POOL
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.tags import GPU_TAG
 
@@ -40,7 +41,7 @@ def predict_zoo_model(store: str, experiment: str, model: str, split: str, spec:
     dist, _ = spec.distribution(split)
     reading = decoding(dist.dataset, timm_transform(model), train=False, resolution=resolution)
     config = LoaderConfig(batch_size=batch_size, num_workers=num_workers, device=device, **reading.loader_fields())
-    loader = split_loader(spec, split, cache_dir, config, train=False)
+    loader = split_loader(spec, split, cache_dir, config, train=False, pool=LOADER_POOL)
     try:
         logits, labels, indices = predict(net, loader, device)
     finally:

@@ -121,37 +121,45 @@ def _epochs(loader, n: int) -> list[list[tuple[torch.Tensor, ...]]]:
 
 
 def test_a_pooled_loader_reused_for_other_examples_and_seed_yields_what_a_fresh_one_yields(arrays, cache, monkeypatch):
-    from askshift.lib.data.loaders import LOADER_POOL
+    from askshift.lib.data.loaders import LoaderPool
 
     path, _ = arrays
     spec = _spec(path)
     config = LoaderConfig(batch_size=6, num_workers=1, flip=True)
-    LOADER_POOL.clear()
-    first = split_loader(spec, "source_train", cache, config, train=True, indices=np.arange(0, N_TRAIN, 2), seed=3)
+    pool = LoaderPool()
+    first = split_loader(spec, "source_train", cache, config, train=True, indices=np.arange(0, N_TRAIN, 2), seed=3,
+                         pool=pool)
     _epochs(first, 1)
     compiled = first.loader
     first.close()  # back to the pool, compiled
-    built, reused = LOADER_POOL.stats.built, LOADER_POOL.stats.reused
+    assert (pool.stats.built, pool.stats.reused, len(pool)) == (1, 0, 1)
     other = np.arange(1, N_TRAIN - 5)  # more examples (the last batch is partial), another seed
-    again = split_loader(spec, "source_train", cache, config, train=True, indices=other, seed=11)
-    assert again.loader is compiled and (LOADER_POOL.stats.built, LOADER_POOL.stats.reused) == (built, reused + 1)
+    again = split_loader(spec, "source_train", cache, config, train=True, indices=other, seed=11, pool=pool)
+    assert again.loader is compiled and (pool.stats.built, pool.stats.reused) == (1, 1)
     pooled = _epochs(again, 2)
     pooled_len = len(again)
     again.close()
 
-    monkeypatch.setenv("ASKSHIFT_LOADER_POOL", "0")
-    fresh_loader = split_loader(spec, "source_train", cache, config, train=True, indices=other, seed=11)
-    assert fresh_loader.loader is not compiled
-    fresh = _epochs(fresh_loader, 2)
-    assert pooled_len == len(fresh_loader) == len(other) // 6
+    # Without a pool, a loader is built afresh and handed to no pool when closed.
+    with split_loader(spec, "source_train", cache, config, train=True, indices=other, seed=11) as fresh_loader:
+        assert fresh_loader.loader is not compiled
+        fresh = _epochs(fresh_loader, 2)
+        assert pooled_len == len(fresh_loader) == len(other) // 6
+    assert (pool.stats.built, pool.stats.reused, len(pool)) == (1, 1, 1)
     assert [[b[2].tolist() for b in e] for e in pooled] == [[b[2].tolist() for b in e] for e in fresh]
     for pooled_epoch, fresh_epoch in zip(pooled, fresh):
         for (x0, y0, _), (x1, y1, _) in zip(pooled_epoch, fresh_epoch):
             assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
+    # ASKSHIFT_LOADER_POOL=0 turns a given pool off: its idle loader stays unused.
+    monkeypatch.setenv("ASKSHIFT_LOADER_POOL", "0")
+    with split_loader(spec, "source_train", cache, config, train=True, indices=other, seed=11, pool=pool) as off:
+        assert off.loader is not compiled
+    assert (pool.stats.built, pool.stats.reused, len(pool)) == (1, 1, 1)
+
     # An evaluation loader is another key (sequential order, every example): never handed a training loader.
     monkeypatch.delenv("ASKSHIFT_LOADER_POOL")
-    with split_loader(spec, "source_train", cache, config, train=False) as evaluation:
+    with split_loader(spec, "source_train", cache, config, train=False, pool=pool) as evaluation:
         assert evaluation.loader is not compiled
         assert torch.cat([b[2] for b in evaluation]).tolist() == list(range(N_TRAIN))
 

@@ -1,4 +1,4 @@
-"""ER intervals hold their 95%: simulated accuracy tables with a known truth, across regimes (lib/er.py).
+"""ER intervals hold their 95%: simulated accuracy tables with a known truth, across regimes (askshift.lib.robustness.er).
 
 Each table: baselines and one judged group on the probit line probit(shifted) = probit(reference) - 0.5;
 baselines' reference accuracies uniform in [0.5, 0.9], the judged models' either in the same range or at its

@@ -1,4 +1,4 @@
-"""Effective robustness engine: the line, its band, ER intervals, options and validation (lib/er.py)."""
+"""Effective robustness engine: the line, its band, ER intervals, options and validation (askshift.lib.robustness)."""
 from __future__ import annotations
 
 import math
@@ -8,17 +8,10 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from askshift.lib.robustness.er import (
-    ERInputError,
-    accuracy_pairs,
-    aggregate_copies,
-    clopper_pearson,
-    compare_fits,
-    effective_robustness,
-    fit_line,
-    parse_fit_range,
-    verdict,
-)
+from askshift.lib.robustness.comparison import compare_fits
+from askshift.lib.robustness.er import accuracy_pairs, aggregate_copies, effective_robustness
+from askshift.lib.robustness.lines import ERInputError, clopper_pearson, fit_line, parse_fit_range
+from askshift.lib.robustness.wording import verdict
 
 PHI = stats.norm.cdf
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from askshift.lib.data.loaders import LOADER_POOL, LoaderConfig, split_loader
+from askshift.lib.data.loaders import LoaderConfig, LoaderPool, split_loader
 from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
 from askshift.lib.models.evaluation import predict_to_store
 from askshift.lib.models.families import build_model
@@ -37,8 +37,11 @@ def test_predict_to_store_writes_each_models_own_logits_and_reuses_the_compiled_
                            checkpoint=str(checkpoint.relative_to(exp.root)))
         models[f"m{seed}"] = net
 
-    predict_to_store(exp, list(models), "source_val", spec, cache, device="cpu", batch_size=16)
-    with split_loader(spec, "source_val", cache, LoaderConfig(batch_size=64, num_workers=1), train=False) as loader:
+    pool = LoaderPool()
+    predict_to_store(exp, list(models), "source_val", spec, cache, device="cpu", batch_size=16, pool=pool)
+    assert pool.stats.built == 1 and len(pool) == 1  # one loader served the three models, then went back
+    with split_loader(spec, "source_val", cache, LoaderConfig(batch_size=64, num_workers=1), train=False,
+                      pool=pool) as loader:
         images, labels, indices = next(iter(loader))
     for model_id, net in models.items():
         stored = exp.read_predictions(model_id, "source_val")
@@ -49,7 +52,7 @@ def test_predict_to_store_writes_each_models_own_logits_and_reuses_the_compiled_
     assert len({exp.logits(m, "source_val").tobytes() for m in models}) == len(models)
 
     # The shifted split reads the same file with the same pipeline: the compiled loader is reused, not rebuilt.
-    built = LOADER_POOL.stats.built
-    predict_to_store(exp, list(models), "tint_val", spec, cache, device="cpu", batch_size=16)
-    assert LOADER_POOL.stats.built == built
+    built = pool.stats.built
+    predict_to_store(exp, list(models), "tint_val", spec, cache, device="cpu", batch_size=16, pool=pool)
+    assert pool.stats.built == built
     assert all(exp.has_predictions(m, "tint_val") for m in models)

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import torch
 
+from askshift.lib.models.dfr import dfr_registered_model
 from askshift.lib.models.families import build_model
-from askshift.lib.models.finetune import dfr_registered_model
 from askshift.lib.store import ExperimentStore, atomic_save_torch
 
 

@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 import torch
 
-from askshift.lib.models.finetune import FinetuneHparams
 from askshift.lib.models.pretrain import CHARACTERS, PretrainConfig, make_corpus, pretrain
+from askshift.lib.models.strategies import FinetuneHparams
 from askshift.lib.store import Store, read_json
 
 # Two threads on a busy 2-core machine are slower than one (thread contention); subprocesses get the same.

@@ -1,4 +1,4 @@
-"""Fine-tuning strategies, LR selection, DFR and input validation (askshift.lib.models.finetune), on tiny in-memory data."""
+"""Fine-tuning strategies, LR selection, DFR and input validation (askshift.lib.models: strategies, finetune, dfr), on tiny in-memory data."""
 from __future__ import annotations
 
 import math
@@ -8,22 +8,17 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from askshift.lib.models.dfr import apply_dfr, extract_features, fit_dfr, group_balanced_weights
 from askshift.lib.models.families import Classifier, build_model
 from askshift.lib.models.finetune import (
-    PRESETS,
-    STRATEGIES,
-    FinetuneHparams,
     FinetuneInputError,
-    apply_dfr,
     build_initial_model,
-    extract_features,
     final_checkpoint,
-    fit_dfr,
-    group_balanced_weights,
     plan_run,
     select_best_lr,
     validate_finetune,
 )
+from askshift.lib.models.strategies import PRESETS, STRATEGIES, FinetuneHparams
 from askshift.lib.models.training import TrainConfig, train_model
 from askshift.lib.store import ExperimentStore, atomic_save_torch
 

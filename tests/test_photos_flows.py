@@ -67,7 +67,7 @@ def test_finetune_an_open_clip_model_from_a_local_checkpoint_with_zero_shot_head
     import open_clip
 
     from askshift.flows.finetune import FinetuneConfig, pretrained_finetune
-    from askshift.lib.models.finetune import FinetuneHparams
+    from askshift.lib.models.strategies import FinetuneHparams
 
     folder = tmp_path / "configs"
     folder.mkdir()

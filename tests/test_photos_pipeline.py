@@ -118,7 +118,8 @@ def test_both_sides_of_the_domain_classifier_are_stored_and_decoded_alike(photos
 
 def test_the_papers_recipe_values():
     from askshift.flows.baseline import BaselineConfig
-    from askshift.lib.models.finetune import PRESETS, FinetuneHparams, plan_run
+    from askshift.lib.models.finetune import plan_run
+    from askshift.lib.models.strategies import PRESETS, FinetuneHparams
     from askshift.lib.support.ratios import default_classifier
 
     assert FinetuneHparams().grad_clip == 1.0

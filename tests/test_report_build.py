@@ -15,7 +15,7 @@ from report_data import make_experiment
 
 from askshift.lib.report.markdown import build_report, ensure_metrics, inline_images, reading
 from askshift.lib.report.plots import accuracy_on_the_line, er_by_group
-from askshift.lib.robustness.er import compare_fits
+from askshift.lib.robustness.comparison import compare_fits
 from askshift.lib.store import ExperimentStore, atomic_write_parquet
 
 

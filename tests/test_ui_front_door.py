@@ -104,9 +104,10 @@ def test_the_form_schema_accepts_every_deployments_defaults_and_good_pairs():
 def test_closed_choices_are_the_registries_names():
     import typing
 
-    from askshift.lib.models.finetune import PRESETS, STRATEGIES
+    from askshift.lib.models.strategies import PRESETS, STRATEGIES
     from askshift.lib.names import FinetunePreset, Strategy
-    from askshift.lib.robustness.er import SCALES, ERSettings
+    from askshift.lib.robustness.er import ERSettings
+    from askshift.lib.robustness.lines import SCALES
     from askshift.lib.robustness.metrics import METRICS
 
     assert sorted(typing.get_args(Strategy)) == STRATEGIES.names()
@@ -237,7 +238,7 @@ def test_report_names_flag_and_form_field_and_absolute_paths(built):
 
 def test_unknown_baseline_group_is_refused_and_the_last_tables_are_kept(built):
     from askshift.lib.report.markdown import build_report
-    from askshift.lib.robustness.er import ERInputError
+    from askshift.lib.robustness.lines import ERInputError
 
     exp, _ = built
     before = {name: exp.table_path(name).read_bytes() for name in ("er", "er_summary")}
@@ -248,7 +249,7 @@ def test_unknown_baseline_group_is_refused_and_the_last_tables_are_kept(built):
 
 def test_a_report_where_every_shift_fails_keeps_the_last_tables(tmp_path):
     from askshift.lib.report.markdown import build_report
-    from askshift.lib.robustness.er import ERInputError
+    from askshift.lib.robustness.lines import ERInputError
     from askshift.lib.store import ExperimentStore
 
     exp = make_experiment(tmp_path / "store" / "few", n_pretrained=2)

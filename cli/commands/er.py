@@ -71,7 +71,8 @@ def read_table(path: str):
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from askshift.lib.robustness.er import ERInputError, effective_robustness, parse_fit_range
+    from askshift.lib.robustness.er import effective_robustness
+    from askshift.lib.robustness.lines import ERInputError, parse_fit_range
 
     if args.output_format not in FORMATS:
         raise CliError(f"unknown format {args.output_format!r}; choose csv or json")

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from askshift.lib.models.families import MODEL_FAMILIES
-    from askshift.lib.models.finetune import PRESETS, STRATEGIES
+    from askshift.lib.models.strategies import PRESETS, STRATEGIES
 
     print("Model families (NAME = family:spec):")
     print(_indent(MODEL_FAMILIES.describe()))

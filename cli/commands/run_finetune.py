@@ -67,7 +67,7 @@ def _pretrained(values: list[str] | None, models: list[str]) -> dict[str, str]:
 
 def hparams_from_args(args: argparse.Namespace, models: list[str], preset: str | None):
     """The recipe (preset / miniature / paper) with the flags' overrides; CliError for bad values."""
-    from askshift.lib.models.finetune import PRESETS, RECIPES, FinetuneHparams, default_recipe
+    from askshift.lib.models.strategies import PRESETS, RECIPES, FinetuneHparams, default_recipe
 
     if args.recipe:
         base = RECIPES[args.recipe]
@@ -106,7 +106,8 @@ def build_config(args: argparse.Namespace):
     from askshift.flows.finetune import FinetuneConfig
     from askshift.lib.data.specs import get_spec
     from askshift.lib.models.families import PretrainedUnavailable, check_model_name
-    from askshift.lib.models.finetune import PRESETS, FinetuneInputError, validate_finetune
+    from askshift.lib.models.finetune import FinetuneInputError, validate_finetune
+    from askshift.lib.models.strategies import PRESETS
     from askshift.lib.registry import UnknownNameError
 
     try:

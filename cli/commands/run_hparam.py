@@ -33,12 +33,13 @@ def build_config(args: argparse.Namespace):
     from askshift.flows.finetune import AblationConfig
 
     base = run_finetune.build_config(args)
-    from askshift.lib.models.finetune import default_strategy
+    from askshift.lib.models.strategies import default_strategy
 
     strategy = args.strategy or default_strategy(base.models[0])
     if args.strategy and args.strategy not in base.strategies:
         base = base.model_copy(update={"strategies": (*base.strategies, args.strategy)})
-    from askshift.lib.models.finetune import STRATEGIES, FinetuneInputError, validate_finetune
+    from askshift.lib.models.finetune import FinetuneInputError, validate_finetune
+    from askshift.lib.models.strategies import STRATEGIES
     from askshift.lib.registry import UnknownNameError
 
     try:

@@ -30,7 +30,7 @@ def build_config(args: argparse.Namespace):
     from pydantic import ValidationError
 
     from askshift.flows.report import ReportConfig
-    from askshift.lib.robustness.er import SCALES, ERInputError, parse_fit_range
+    from askshift.lib.robustness.lines import SCALES, ERInputError, parse_fit_range
     from askshift.lib.robustness.metrics import METRICS
     from askshift.lib.store import Store
 
@@ -61,7 +61,7 @@ def build_config(args: argparse.Namespace):
 def execute(args: argparse.Namespace, task_runner: Any) -> int:
     config = getattr(args, "prepared", None) or build_config(args)  # checked before the server started
     from askshift.flows.report import report
-    from askshift.lib.robustness.er import ERInputError
+    from askshift.lib.robustness.lines import ERInputError
 
     flow = report if task_runner is None else report.with_options(task_runner=task_runner)
     try:

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("give --results DIR: a copy of timm's results/ folder (e.g. ../shared/data/timm-results)")
         results = str(DEFAULT_RESULTS)
     from askshift.lib.report.zoo import zoo_report
-    from askshift.lib.robustness.er import ERInputError, describe_interval, parse_fit_range
+    from askshift.lib.robustness.lines import ERInputError, parse_fit_range
+    from askshift.lib.robustness.wording import describe_interval
     from askshift.lib.robustness.zoo import ZooInputError
 
     try:

@@ -329,6 +329,8 @@ def augment(images: torch.Tensor, indices: torch.Tensor, config: LoaderConfig, s
 # two or three .beton files, so a loader freed by one run (or prediction) is kept and re-pointed at the next
 # one's examples and seed rather than rebuilt.  Only what the compiled pipeline depends on is in the key: the file,
 # the decoding / device settings and the batch size; order, indices, seed and drop_last are set per use.
+# A pool is owned by whoever runs the work (the Prefect tasks: ``askshift.tasks.loader_pool.LOADER_POOL``) and passed
+# down to what builds loaders; without one (``pool=None``) every loader is built afresh.
 
 _POOL_ENV = "ASKSHIFT_LOADER_POOL"  # "0" builds every loader afresh (benchmarks, debugging)
 _PIPELINE_FIELDS = ("batch_size", "num_workers", "decoder", "resolution", "device", "channels_last",
@@ -346,6 +348,7 @@ class LoaderPool:
 
     Bounded: at most ``max_idle_per_key`` idle loaders per key and ``max_keys`` keys, the least recently returned
     key dropped first (each idle loader holds its pipeline's buffers: a batch of images per ``batches_ahead``).
+    ``ASKSHIFT_LOADER_POOL=0`` turns every pool off (benchmarks, debugging).
     """
 
     def __init__(self, max_idle_per_key: int = 2, max_keys: int = 8):
@@ -357,6 +360,7 @@ class LoaderPool:
 
     @staticmethod
     def enabled() -> bool:
+        """False when ``ASKSHIFT_LOADER_POOL=0``: loaders are then built afresh even where a pool is given."""
         return os.environ.get(_POOL_ENV, "1") != "0"
 
     @staticmethod
@@ -393,9 +397,6 @@ class LoaderPool:
             self._idle.clear()
 
 
-LOADER_POOL = LoaderPool()
-
-
 def _repoint(loader, indices: np.ndarray, seed: int, drop_last: bool) -> None:
     """Point a compiled FFCV Loader at other examples and another seed (what its constructor would have set)."""
     loader.indices = np.array(indices)
@@ -408,10 +409,12 @@ def _repoint(loader, indices: np.ndarray, seed: int, drop_last: bool) -> None:
 
 
 class SplitLoader:
-    """Iterable over ``(images, labels, indices)`` batches of one experiment split; ``len()`` = batches per epoch."""
+    """Iterable over ``(images, labels, indices)`` batches of one experiment split; ``len()`` = batches per epoch.
+
+    With a ``pool``, the compiled FFCV loader is taken from it when one is idle and handed back on ``close()``."""
 
     def __init__(self, spec: ExperimentSpec, split: str, cache_dir: str | os.PathLike, config: LoaderConfig,
-                 train: bool, indices: np.ndarray | None = None, seed: int = 0):
+                 train: bool, indices: np.ndarray | None = None, seed: int = 0, pool: LoaderPool | None = None):
         _import_ffcv()
         from ffcv.loader import Loader, OrderOption
 
@@ -426,10 +429,10 @@ class SplitLoader:
         workers = config.num_workers or os.cpu_count() or 1
         # Dropping the last partial batch would leave a tiny training set with no batch at all.
         drop_last = train and len(self.indices) >= config.batch_size
-        pooled = LoaderPool.enabled()
+        pooled = pool is not None and LoaderPool.enabled()
         key = LoaderPool.key(self.beton.path, config, train) if pooled else None
         threads = torch.get_num_threads()
-        loader = LOADER_POOL.take(key) if pooled else None
+        loader = pool.take(key) if pooled else None
         if loader is not None:
             _repoint(loader, self.indices, self.seed, drop_last)
         else:
@@ -452,7 +455,7 @@ class SplitLoader:
         torch.set_num_threads(threads)
         self.loader = loader
         # Back to the pool when this SplitLoader is closed or garbage-collected.
-        self._release = weakref.finalize(self, LOADER_POOL.give_back, key, loader) if pooled else None
+        self._release = weakref.finalize(self, pool.give_back, key, loader) if pooled else None
         self.epoch = 0
 
     @property
@@ -460,7 +463,7 @@ class SplitLoader:
         return len(self.indices)
 
     def close(self) -> None:
-        """Hand the compiled FFCV loader back to the pool now (also done when this object is garbage-collected)."""
+        """Hand the compiled FFCV loader back to its pool now (also done when this object is garbage-collected)."""
         if self._release is not None:
             self._release()
 
@@ -500,13 +503,14 @@ class SplitLoader:
 
 
 def split_loader(spec: ExperimentSpec, split: str, cache_dir: str | Path, config: LoaderConfig, train: bool,
-                 indices: np.ndarray | None = None, seed: int = 0) -> SplitLoader:
+                 indices: np.ndarray | None = None, seed: int = 0, pool: LoaderPool | None = None) -> SplitLoader:
     """Batches ``(images float [0,1] NCHW, labels int64, indices int64)`` of an experiment split.
 
     Training: random order (seeded by ``seed`` and the epoch), augmentations, last partial batch dropped.
-    Evaluation: sequential order, no augmentation, every example once.
+    Evaluation: sequential order, no augmentation, every example once.  ``pool``: where the compiled FFCV loader
+    comes from and goes back to (None: built afresh).
     """
-    return SplitLoader(spec, split, cache_dir, config, train, indices=indices, seed=seed)
+    return SplitLoader(spec, split, cache_dir, config, train, indices=indices, seed=seed, pool=pool)
 
 
-__all__ = ["LOADER_POOL", "LoaderPool", "LoaderConfig", "SplitInfo", "SplitLoader", "augment", "kept_examples", "split_beton", "split_info", "split_loader", "stored_shape"]
+__all__ = ["LoaderPool", "PoolStats", "LoaderConfig", "SplitInfo", "SplitLoader", "augment", "kept_examples", "split_beton", "split_info", "split_loader", "stored_shape"]

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from askshift.lib.data.loaders import LoaderPool
 from askshift.lib.models.device import resolve_device
 from askshift.lib.models.families import build_model
 from askshift.lib.models.inputs import loader_config
@@ -78,12 +79,12 @@ def load_registered_model(exp: ExperimentStore, model_id: str) -> nn.Module:
     return load_model_weights(model, checkpoint_of(exp, record))
 
 
-def eval_loader(spec: Any, split: str, cache_dir: str | Path, config: Any):
-    """A sequential loader of ``split`` (a context manager: its compiled FFCV loader goes back to
-    ``askshift.lib.data.loaders.LOADER_POOL`` on exit, so the next prediction on this file does not compile again)."""
+def eval_loader(spec: Any, split: str, cache_dir: str | Path, config: Any, pool: LoaderPool | None = None):
+    """A sequential loader of ``split`` (a context manager: with a ``pool``, its compiled FFCV loader goes back to it
+    on exit, so the next prediction on this file does not compile again)."""
     from askshift.lib.data.loaders import split_loader
 
-    return split_loader(spec, split, cache_dir, config, train=False)
+    return split_loader(spec, split, cache_dir, config, train=False, pool=pool)
 
 
 def predict_to_store(
@@ -98,12 +99,13 @@ def predict_to_store(
     num_workers: int = 1,
     amp: str = "none",
     overwrite: bool = False,
+    pool: LoaderPool | None = None,
 ) -> list[Path]:
     """Predict each of ``model_ids`` (registered models, or ``model`` for a single id) on ``split`` of ``spec``
     and store the logits per (model, split).
 
-    One loader serves every model (its compiled pipeline is pooled, see ``eval_loader``).  Models whose predictions exist are skipped
-    unless ``overwrite``.  Example groups (WILDS domains, ...) come from the split's metadata when it has them.
+    One loader serves every model (its compiled pipeline comes from and goes back to ``pool``, see ``eval_loader``).
+    Models whose predictions exist are skipped unless ``overwrite``.  Example groups (WILDS domains, ...) come from the split's metadata when it has them.
     """
     model_ids = [model_ids] if isinstance(model_ids, str) else list(model_ids)
     if model is not None and len(model_ids) != 1:
@@ -119,7 +121,7 @@ def predict_to_store(
                                  device=str(device))
             by_config.setdefault(config, []).append(model_id)
         for config, ids in by_config.items():
-            with eval_loader(spec, split, cache_dir, config) as loader:
+            with eval_loader(spec, split, cache_dir, config, pool=pool) as loader:
                 groups = loader.beton.groups()  # the loader has the split's file open: no second lookup
                 for model_id in ids:
                     net = model if model is not None else load_registered_model(exp, model_id)

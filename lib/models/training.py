@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from askshift.lib.data.loaders import split_info
+from askshift.lib.data.loaders import LoaderPool, split_info
 from askshift.lib.data.specs import get_spec
 from askshift.lib.models.device import resolve_device
 from askshift.lib.models.families import build_model
@@ -438,11 +438,12 @@ def subset_indices(candidates: np.ndarray | int, fraction: float, seed: int) -> 
 
 
 def epoch_loader_factory(spec: Any, split: str, cache_dir: str | Path, loader_config: Any, seed: int,
-                         indices: np.ndarray | None = None) -> Callable[[int], Iterable]:
+                         indices: np.ndarray | None = None, pool: LoaderPool | None = None) -> Callable[[int], Iterable]:
     """``make_loader(epoch)`` for :func:`train_model` that builds one training loader lazily and re-seeds it per epoch.
 
-    One FFCV Loader per run (building one compiles its pipeline: seconds); each epoch's order is FFCV's
-    permutation for (base seed + epoch), so a resumed run sees the same batches.
+    One FFCV Loader per run (building one compiles its pipeline: seconds; with a ``pool``, one compiled by an earlier
+    run is reused); each epoch's order is FFCV's permutation for (base seed + epoch), so a resumed run sees the same
+    batches.
     """
     from askshift.lib.data.loaders import split_loader
 
@@ -452,7 +453,7 @@ def epoch_loader_factory(spec: Any, split: str, cache_dir: str | Path, loader_co
         nonlocal loader
         if loader is None:
             loader = split_loader(spec, split, cache_dir, loader_config, train=True, indices=indices,
-                                  seed=epoch_seed(seed, 0))
+                                  seed=epoch_seed(seed, 0), pool=pool)
         loader.set_epoch(epoch)
         return loader
 
@@ -466,18 +467,20 @@ def train_run(
     device: str | torch.device = "auto",
     num_workers: int = 1,
     log: Callable[[str], None] = print,
+    pool: LoaderPool | None = None,
 ) -> list[str]:
     """Train ``run`` into ``exp`` (resuming if it was interrupted) and register its kept checkpoints.
 
     Returns the model ids.  A run already marked done is not trained again; an identical run training at the same
-    time (another task, process or node on this store) is waited for and then reused.
+    time (another task, process or node on this store) is waited for and then reused.  ``pool``: compiled loaders
+    to reuse (None: built afresh).
     """
     with exp.run_lock(run.run_id()):
-        return _train_run_locked(exp, run, cache_dir, device, num_workers, log)
+        return _train_run_locked(exp, run, cache_dir, device, num_workers, log, pool)
 
 
 def _train_run_locked(exp: ExperimentStore, run: RunConfig, cache_dir: str | Path, device: str | torch.device,
-                      num_workers: int, log: Callable[[str], None]) -> list[str]:
+                      num_workers: int, log: Callable[[str], None], pool: LoaderPool | None) -> list[str]:
     run_id = run.run_id()
     if exp.is_done(run_id):
         return [run.model_id(e) for e in run.train.kept_epochs()]
@@ -492,7 +495,7 @@ def _train_run_locked(exp: ExperimentStore, run: RunConfig, cache_dir: str | Pat
     config = loader_config(spec.reference.dataset, run.architecture, train=True, resolution=run.resolution,
                            flip=run.flip, batch_size=run.train.batch_size, num_workers=num_workers,
                            translate=run.translate, device=device)
-    make_loader = epoch_loader_factory(spec, "source_train", cache_dir, config, run.train.seed, indices)
+    make_loader = epoch_loader_factory(spec, "source_train", cache_dir, config, run.train.seed, indices, pool=pool)
 
     with seeded(run.train.seed):  # initial weights follow this run's seed only
         model = build_model(run.architecture, info.num_classes, pretrained=run.pretrained, **run.model_options)

@@ -16,21 +16,17 @@ import numpy as np
 import polars as pl
 
 from askshift.lib.report.plots import accuracy_on_the_line, er_by_group
+from askshift.lib.robustness.comparison import FitComparison, compare_fits
 from askshift.lib.robustness.er import (
     EXAMPLE_BOOTSTRAP_COLUMNS,
-    ERInputError,
     ERResult,
     ERSettings,
-    FitComparison,
-    LineFit,
     accuracy_pairs,
-    compare_fits,
-    describe_interval,
     example_bootstrap,
-    fit_columns,
-    group_verdict,
 )
+from askshift.lib.robustness.lines import ERInputError, LineFit, fit_columns
 from askshift.lib.robustness.metrics import SUB_SPLITS, metrics_table
+from askshift.lib.robustness.wording import describe_interval, group_verdict
 from askshift.lib.store import ExperimentStore, atomic_write_text, safe_name
 
 SUB_SPLIT_TITLES = {"all": "whole split", "in_support": "in-support part", "out_of_support": "out-of-support part"}
@@ -86,7 +82,7 @@ def group_table_markdown(comparison: FitComparison) -> str:
     """ER per group, the full-range view beside each judged group's comparable-baseline view.
 
     The interval is the group mean's (the shared line's uncertainty at the group's models plus the spread
-    between them, t quantiles; lib/er.py); the verdict is read from it.  Cautions (extrapolated, weak or
+    between them, t quantiles; askshift.lib.robustness.er); the verdict is read from it.  Cautions (extrapolated, weak or
     inverse line, a window that extrapolates) are in the last column.
     """
     full = comparison.full

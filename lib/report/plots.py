@@ -12,7 +12,8 @@ from typing import Mapping
 import numpy as np
 import polars as pl
 
-from askshift.lib.robustness.er import ERResult, get_scale
+from askshift.lib.robustness.er import ERResult
+from askshift.lib.robustness.lines import get_scale
 from askshift.lib.store import write_with
 
 TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)

@@ -9,13 +9,8 @@ import numpy as np
 import polars as pl
 
 from askshift.lib.report.markdown import stored_correctness
-from askshift.lib.robustness.er import (
-    ERInputError,
-    accuracy_pairs,
-    effective_robustness,
-    example_bootstrap,
-    fit_columns,
-)
+from askshift.lib.robustness.er import accuracy_pairs, effective_robustness, example_bootstrap
+from askshift.lib.robustness.lines import ERInputError, fit_columns
 from askshift.lib.robustness.metrics import metrics_table
 from askshift.lib.store import ExperimentStore, write_with
 from askshift.lib.support.ratios import SupportEstimate, out_of_support, separation_failure

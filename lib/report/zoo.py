@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from askshift.lib.report.markdown import document, er_rows, reading, shift_section
-from askshift.lib.robustness.er import compare_fits
+from askshift.lib.robustness.comparison import compare_fits
 from askshift.lib.robustness.zoo import DEFAULT_PRETRAINED_PATTERN, ZooShift, get_zoo_shift, zoo_table
 from askshift.lib.store import Store, atomic_write_text, write_with
 
@@ -19,7 +19,7 @@ class ZooReport:
 
     shift: ZooShift
     table: pl.DataFrame
-    comparison: object  # askshift.lib.robustness.er.FitComparison
+    comparison: object  # askshift.lib.robustness.comparison.FitComparison
     experiment_root: Path
     report_path: Path
     er_path: Path

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from askshift.lib.data.datasets import dataset_info
-from askshift.lib.data.loaders import split_beton, split_info, stored_shape
+from askshift.lib.data.loaders import LoaderPool, split_beton, split_info, stored_shape
 from askshift.lib.data.shifts import example_uniform
 from askshift.lib.data.specs import ExperimentSpec
 from askshift.lib.data.transforms import Decoding, is_photo_dataset
@@ -402,8 +402,9 @@ def domain_decoding(setup: DomainSetup):
     return Decoding(decoder="simple", resolution=resolution)
 
 
-def split_reader(setup: DomainSetup, split: str, num_workers: int = 1) -> SplitReader:
-    """Batches of one side, decoded as ``domain_decoding`` says (training passes add the classifier's flips)."""
+def split_reader(setup: DomainSetup, split: str, num_workers: int = 1, pool: LoaderPool | None = None) -> SplitReader:
+    """Batches of one side, decoded as ``domain_decoding`` says (training passes add the classifier's flips); the
+    compiled loaders come from ``pool`` (None: built afresh)."""
     from askshift.lib.data.loaders import LoaderConfig, split_loader
 
     decoding = domain_decoding(setup).loader_fields()
@@ -411,16 +412,18 @@ def split_reader(setup: DomainSetup, split: str, num_workers: int = 1) -> SplitR
     def read(indices: np.ndarray, train: bool, seed: int, batch_size: int):
         fields = {**decoding, "flip": bool(train and setup.classifier.flip)}
         config = LoaderConfig(batch_size=batch_size, num_workers=num_workers, device="cpu", **fields)
-        return split_loader(setup.spec, split, setup.cache_dir, config, train=train, indices=indices, seed=seed)
+        return split_loader(setup.spec, split, setup.cache_dir, config, train=train, indices=indices, seed=seed,
+                            pool=pool)
 
     return read
 
 
 def domain_images(setup: DomainSetup, data: DomainData, num_workers: int = 1,
-                  cache: DomainImageCache | None = None) -> DomainImages:
-    """In-memory images for small sets (read once per ``cache``, shared by every fold); streaming otherwise."""
-    read_ref = split_reader(setup, setup.reference_split, num_workers)
-    read_shift = split_reader(setup, setup.shifted_split, num_workers)
+                  cache: DomainImageCache | None = None, pool: LoaderPool | None = None) -> DomainImages:
+    """In-memory images for small sets (read once per ``cache``, shared by every fold); streaming otherwise (each
+    pass through loaders from ``pool``)."""
+    read_ref = split_reader(setup, setup.reference_split, num_workers, pool)
+    read_shift = split_reader(setup, setup.shifted_split, num_workers, pool)
     in_memory = setup.classifier.in_memory
     if in_memory is None:
         in_memory = len(data) <= IN_MEMORY_MAX_EXAMPLES
@@ -497,20 +500,20 @@ def nearest_reference(model: nn.Module, images: DomainImages, pool: np.ndarray, 
 
 
 def position_images(setup: DomainSetup, data: DomainData, positions: np.ndarray,
-                    cache: DomainImageCache | None = None) -> np.ndarray:
+                    cache: DomainImageCache | None = None, pool: LoaderPool | None = None) -> np.ndarray:
     """uint8 NCHW images of some positions (the report's example grid): from memory when ``cache`` holds the
     folds' images (or the set is small), else read through the FFCV loaders."""
     positions = np.ascontiguousarray(positions, np.int64)
     if positions.size == 0:
         return np.zeros((0, 3, 8, 8), np.uint8)
-    images = domain_images(setup, data, cache=cache)
+    images = domain_images(setup, data, cache=cache, pool=pool)
     if isinstance(images, InMemoryImages):
         return images.images[torch.from_numpy(positions)].numpy()
     threads = torch.get_num_threads()
     out = []
     for p in positions:  # few images: one small read per side is enough
         split = setup.reference_split if data.domain[p] == 0 else setup.shifted_split
-        batch, _ = collect_images(split_reader(setup, split)(data.index[[p]], False, 0, 1), 1)
+        batch, _ = collect_images(split_reader(setup, split, pool=pool)(data.index[[p]], False, 0, 1), 1)
         out.append(batch)
     torch.set_num_threads(threads)
     return torch.cat(out).numpy()

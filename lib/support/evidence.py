@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from askshift.lib.robustness.er import wilson_interval
+from askshift.lib.robustness.lines import wilson_interval
 from askshift.lib.store import write_with
 from askshift.lib.support.ratios import MIN_SEPARATION_AUROC, check_epsilons
 
