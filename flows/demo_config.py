@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Literal, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from askshift.lib.robustness.wording import group_verdict
 from askshift.lib.store import Store, content_hash
@@ -71,10 +71,67 @@ DEFAULT_SHIFTS: tuple[DemoShift, ...] = (
 )
 
 
+# Settings that differ between the full demo and --quick.  In a DemoConfig they default to empty (None), which
+# means "the variant's value": the validator fills them from FULL_VALUES or QUICK_OVERRIDES, so `quick: true`
+# gives the quick demo whichever way the config was built (the CLI, DemoConfig(quick=True), the UI's form).
+FULL_VALUES: dict = dict(
+    include_extra=True,
+    control=True,
+    baseline_widths=(0.5, 1.0),
+    baseline_fractions=(1.0, 0.5, 0.25),
+    baseline_epochs=6,
+    baseline_keep_epochs=(3, 4, 5, 6),
+    baseline_seeds=2,
+    pretrain_steps=1500,
+    lr_grid=(1e-2, 3e-3, 1e-3),
+    copies=3,
+    finetune_epochs=4,
+    lp_epochs=2,
+    split_folds=5,
+    split_epochs=4,
+)
+
+QUICK_OVERRIDES: dict = dict(
+    include_extra=False,
+    control=False,  # the smoke test checks the plumbing; the control matters for the full run's reading
+    baseline_widths=(1.0,),
+    baseline_fractions=(1.0, 0.4, 0.15),
+    baseline_epochs=3,
+    baseline_keep_epochs=(1, 2, 3),
+    baseline_seeds=1,
+    pretrain_steps=300,
+    lr_grid=(3e-3,),
+    copies=2,
+    finetune_epochs=2,
+    lp_epochs=1,
+    split_folds=3,
+    split_epochs=3,
+)
+
+
+def _shown(value: Any) -> str:
+    return ", ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value).lower()
+
+
+def variant_field(name: str, description: str, **kwargs: Any) -> Any:
+    """A setting whose default depends on the variant; the form shows both values."""
+    return Field(None, description=f"{description} (empty: {_shown(FULL_VALUES[name])} in the full demo, "
+                                   f"{_shown(QUICK_OVERRIDES[name])} with quick)", **kwargs)
+
+
 class DemoConfig(BaseModel):
     """Everything the demo runs; ``DemoConfig.make(quick, seed, store)`` gives the two variants the CLI offers."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _variant_values(cls, values: Any) -> Any:
+        """Empty variant settings take the full demo's values, or the quick one's when ``quick`` is set."""
+        if not isinstance(values, dict):
+            return values
+        chosen = QUICK_OVERRIDES if str(values.get("quick", False)).lower() in ("true", "1") else FULL_VALUES
+        return {**values, **{k: v for k, v in chosen.items() if values.get(k) is None}}
 
     seed: int = Field(0, ge=0, description="seeds baselines, fine-tuning copies, the mixture and the domain classifier")
     quick: bool = Field(False, description="the smoke variant (fewer models, no extra shift): about 2 minutes")
@@ -85,40 +142,36 @@ class DemoConfig(BaseModel):
     device: str = Field("cpu", json_schema_extra={"pattern": r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"},
                         description="cpu (the demo's target), auto, cuda, cuda:N")
     shifts: tuple[DemoShift, ...] = Field(DEFAULT_SHIFTS, description="the shifts studied, each a preset's target")
-    include_extra: bool = Field(True, description="run the labelled extra shifts (tint_p=0.9)")
+    include_extra: bool | None = variant_field("include_extra", description="run the labelled extra shifts (tint_p=0.9)")
     # from-scratch baselines: epochs x training-set fractions x widths, every kept epoch a model
     baseline_model: str = Field("cnn:small", json_schema_extra={"pattern": r"^cnn:\S+$"},
                                 description="architecture of the baselines and the pre-trained model (a cnn: name)")
-    baseline_widths: tuple[Annotated[float, Field(gt=0)], ...] = Field(
-        (0.5, 1.0), json_schema_extra={"minItems": 1}, description="width multipliers of the baselines")
-    baseline_fractions: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(
-        (1.0, 0.5, 0.25), json_schema_extra={"minItems": 1},
+    baseline_widths: tuple[Annotated[float, Field(gt=0)], ...] | None = variant_field("baseline_widths", json_schema_extra={"minItems": 1}, description="width multipliers of the baselines")
+    baseline_fractions: tuple[Annotated[float, Field(gt=0, le=1)], ...] | None = variant_field("baseline_fractions", json_schema_extra={"minItems": 1},
         description="fractions of the training set, each more than 0 and at most 1; one baseline family each")
-    baseline_epochs: int = Field(6, ge=1, description="training epochs of each baseline")
-    baseline_keep_epochs: tuple[Annotated[int, Field(ge=1)], ...] = Field(
-        (3, 4, 5, 6), description="epochs kept as baseline models: late ones, after the warm-up, as the paper keeps "
+    baseline_epochs: int | None = variant_field("baseline_epochs", ge=1, description="training epochs of each baseline")
+    baseline_keep_epochs: tuple[Annotated[int, Field(ge=1)], ...] | None = variant_field("baseline_keep_epochs", description="epochs kept as baseline models: late ones, after the warm-up, as the paper keeps "
                                   "epochs 51-85 of 100")
-    baseline_seeds: int = Field(2, ge=1, description="seeds per width and fraction (the demo seed, then seed + 1000, ...)")
+    baseline_seeds: int | None = variant_field("baseline_seeds", ge=1, description="seeds per width and fraction (the demo seed, then seed + 1000, ...)")
     # local pre-training (askshift pretrain's glyph corpus); cached in STORE/_cache/pretrained/
-    pretrain_steps: int = Field(1500, ge=1, description="optimisation steps of the local glyph pre-training")
+    pretrain_steps: int | None = variant_field("pretrain_steps", ge=1, description="optimisation steps of the local glyph pre-training")
     pretrain_seed: int = Field(0, ge=0, description="fixed, like a published checkpoint: every demo seed fine-tunes "
                                                     "the same one")
     # fine-tuning of the pre-trained model
     strategies: tuple[Literal["ft", "lp-ft", "lp"], ...] = Field(
         ("ft", "lp-ft"), json_schema_extra={"minItems": 1}, description="fine-tuning strategies: ft, lp-ft, lp")
-    control: bool = Field(True, description="also train the same architecture from scratch with the FT recipe")
-    lr_grid: tuple[Annotated[float, Field(gt=0)], ...] = Field(
-        (1e-2, 3e-3, 1e-3), json_schema_extra={"minItems": 1}, description="fine-tuning learning rates swept")
-    copies: int = Field(3, ge=1, description="seeds trained at the selected learning rate")
-    finetune_epochs: int = Field(4, ge=1, description="fine-tuning epochs")
-    lp_epochs: int = Field(2, ge=1, description="linear-probe epochs (LP, and LP-FT's first stage)")
+    control: bool | None = variant_field("control", description="also train the same architecture from scratch with the FT recipe")
+    lr_grid: tuple[Annotated[float, Field(gt=0)], ...] | None = variant_field("lr_grid", json_schema_extra={"minItems": 1}, description="fine-tuning learning rates swept")
+    copies: int | None = variant_field("copies", ge=1, description="seeds trained at the selected learning rate")
+    finetune_epochs: int | None = variant_field("finetune_epochs", ge=1, description="fine-tuning epochs")
+    lp_epochs: int | None = variant_field("lp_epochs", ge=1, description="linear-probe epochs (LP, and LP-FT's first stage)")
     finetune_batch_size: int = Field(64, ge=1, description="fine-tuning batch size")
     # the mixed natural-like shift and its split
     split: bool = Field(True, description="run the mixed shift and the split flow")
     mixture_out_fraction: float = Field(0.5, gt=0, lt=1, description="share of out-of-support examples in the "
                                                                      "mixed shift, more than 0 and less than 1")
-    split_folds: int = Field(5, ge=2, description="cross-fitting folds of the split flow")
-    split_epochs: int = Field(4, ge=1, description="training epochs of the domain classifier")
+    split_folds: int | None = variant_field("split_folds", ge=2, description="cross-fitting folds of the split flow")
+    split_epochs: int | None = variant_field("split_epochs", ge=1, description="training epochs of the domain classifier")
     split_lrs: tuple[Annotated[float, Field(gt=0)], ...] = Field(
         (3e-3,), json_schema_extra={"minItems": 1}, description="learning rates of the domain classifier")
 
@@ -130,11 +183,7 @@ class DemoConfig(BaseModel):
     @classmethod
     def make(cls, quick: bool = False, seed: int = 0, store: str = "askshift-store", **overrides) -> "DemoConfig":
         """The full demo, or with ``quick`` the smoke variant (fewer, shorter runs; no extra shift)."""
-        values: dict = dict(seed=seed, quick=quick, store=store)
-        if quick:
-            values.update(QUICK_OVERRIDES)
-        values.update(overrides)
-        return cls(**values)
+        return cls(seed=seed, quick=quick, store=store, **overrides)
 
     # --- what runs -------------------------------------------------------------------------------
     def active_shifts(self) -> list[DemoShift]:
@@ -200,22 +249,6 @@ class DemoConfig(BaseModel):
         return experiments * (self.baseline_runs_per_experiment() + self.finetune_runs_per_experiment()) + split_runs
 
 
-QUICK_OVERRIDES: dict = dict(
-    include_extra=False,
-    control=False,  # the smoke test checks the plumbing; the control matters for the full run's reading
-    baseline_widths=(1.0,),
-    baseline_fractions=(1.0, 0.4, 0.15),
-    baseline_epochs=3,
-    baseline_keep_epochs=(1, 2, 3),
-    baseline_seeds=1,
-    pretrain_steps=300,
-    lr_grid=(3e-3,),
-    copies=2,
-    finetune_epochs=2,
-    lp_epochs=1,
-    split_folds=3,
-    split_epochs=3,
-)
 
 
 # --- the ER table of the demo ---------------------------------------------------------------------------

@@ -172,6 +172,29 @@ def test_quick_variant_drops_the_extra_shift_and_full_variant_keeps_it():
     assert quick.planned_runs() < full.planned_runs()
 
 
+def test_quick_is_the_quick_demo_whichever_way_the_config_is_built():
+    """The UI's form builds the config from the deployment's parameters with `quick` toggled, not through make():
+    every variant setting left empty (absent or null, as a form sends it) takes the quick demo's value."""
+    import yaml
+
+    from askshift.flows.demo_config import FULL_VALUES, QUICK_OVERRIDES
+    from askshift.flows.deployments import PREFECT_YAML
+
+    quick = DemoConfig.make(quick=True)
+    deployment = next(d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"] if d["name"] == "demo")
+    from_form = {**deployment["parameters"]["config"], "quick": True}
+    assert DemoConfig(**from_form) == quick
+    assert DemoConfig(**{**from_form, **{k: None for k in QUICK_OVERRIDES}}) == quick
+    assert DemoConfig.model_validate_json('{"quick": true, "copies": null}') == quick
+    assert DemoConfig(**{**from_form, "quick": False}) == DemoConfig.make()
+    # What the user did set wins over the variant; the form shows both variants' values for what they left empty.
+    assert DemoConfig(quick=True, copies=5).copies == 5 and DemoConfig(copies=5).finetune_epochs == FULL_VALUES["finetune_epochs"]
+    schema = DemoConfig.model_json_schema()["properties"]
+    for name in QUICK_OVERRIDES:
+        assert schema[name]["default"] is None and "with quick" in schema[name]["description"], name
+    assert set(QUICK_OVERRIDES) == set(FULL_VALUES)
+
+
 def test_experiment_folders_are_named_by_variant_and_seed_so_runs_never_mix():
     a, b = DemoConfig.make(seed=1), DemoConfig.make(seed=2)
     assert a.experiment_name("out_of_support") == "demo-full-s1-out_of_support"
