@@ -150,3 +150,16 @@ def test_degenerate_inputs_raise_one_clear_value_error(breaking, message):
         shifted["m0"] = shifted["m0"].astype(float)
     with pytest.raises(ValueError, match=message):
         agreement.aline_estimates(reference, shifted, groups)
+
+
+def test_a_model_registered_twice_adds_no_pair_equation_and_keeps_its_estimate(zoo):
+    """A copy agrees with its original on every example of both sets; that pair says nothing about accuracy (its
+    equation would pull both towards their reference accuracy) and is left out."""
+    reference, shifted, groups, truth, result = zoo
+    reference = {**reference, "copy": reference["baseline-9"]}
+    with_copy = agreement.aline_fit(reference, {**shifted, "copy": shifted["baseline-9"]}, {**groups, "copy": "copy"})
+    estimate = dict(with_copy.estimates.select("model", "shifted_accuracy").iter_rows())
+    assert estimate["copy"] == pytest.approx(estimate["baseline-9"])
+    assert abs(estimate["copy"] - truth["baseline-9"]) < 0.08
+    assert with_copy.pairs.filter(~pl.col("used"))[["model_a", "model_b"]].rows() == [("baseline-9", "copy")]
+    assert with_copy.line.n_pairs == with_copy.pairs.height - 1

@@ -46,7 +46,8 @@ from askshift.lib.robustness.atc import ESTIMATE_SCHEMA
 MIN_MODELS = 3  # a pair per equation, one unknown per model: 3 models (a triangle of pairs) is the least that solves
 MIN_AGREEMENT_R = 0.9  # below: the agreement line is weak (the same bar as a weak accuracy line in er.py)
 PAIR_SCHEMA = {"model_a": pl.String, "model_b": pl.String, "reference_agreement": pl.Float64,
-               "shifted_agreement": pl.Float64, "reference_n": pl.Int64, "shifted_n": pl.Int64}
+               "shifted_agreement": pl.Float64, "reference_n": pl.Int64, "shifted_n": pl.Int64,
+               "used": pl.Boolean}
 
 
 def probit(rate, n) -> np.ndarray:
@@ -151,7 +152,8 @@ def solve_aline_d(reference_accuracy, i, j, reference_agreement, shifted_agreeme
 
 @dataclass(frozen=True)
 class ALineResult:
-    """ALine-D's estimates (``atc.ESTIMATE_SCHEMA``, threshold null), the agreement line and every pair's agreements.
+    """ALine-D's estimates (``atc.ESTIMATE_SCHEMA``, threshold null), the agreement line and every pair's agreements
+    (``used`` False: identical predictions on both sets, left out).
 
     ``rms_residual``: root-mean-square misfit of the pair equations on the probit axis (0: every pair's residual is
     exactly the mean of its two models'; large: assumption (2) of the module docstring is off).
@@ -195,17 +197,22 @@ def aline_fit(reference: Mapping[str, tuple[np.ndarray, np.ndarray]], shifted: M
 
     ``reference``: model -> (logits or predicted classes, labels) on the labelled reference validation set;
     ``shifted``: model -> logits or predicted classes on the unlabeled shifted set (every model on the same examples
-    in the same order, for both sets); ``groups``: model -> group.  Raises ValueError on fewer than 3 models,
-    mismatched examples, or reference agreements that are all equal (no slope).
+    in the same order, for both sets); ``groups``: model -> group.  Pairs with identical predictions on both sets
+    are left out.  Raises ValueError on fewer than 3 models, mismatched examples, reference agreements that are all
+    equal (no slope), or pairs that leave some accuracy undetermined.
     """
     models, ref, shift, correct = _inputs(reference, shifted, groups)
     k, n_ref, n_shift = len(models), ref.shape[1], shift.shape[1]
     i, j = np.triu_indices(k, 1)
     ref_agree, shift_agree = agreement_matrix(ref)[i, j], agreement_matrix(shift)[i, j]
-    line = fit_agreement_line(ref_agree, shift_agree, n_ref, n_shift, min_r=min_r, n_models=k)
+    # A pair that agrees on every example of both sets is one classifier twice: its equation would only say "as
+    # accurate as on the reference" (both agreements clipped alike), so it is left out of the line and the solve.
+    used = (ref_agree < 1) | (shift_agree < 1)
+    line = fit_agreement_line(ref_agree[used], shift_agree[used], n_ref, n_shift, min_r=min_r, n_models=k)
 
     ref_accuracy = correct.mean(axis=1)
-    shifted_accuracy, rms = solve_aline_d(ref_accuracy, i, j, ref_agree, shift_agree, line.slope, n_ref, n_shift)
+    shifted_accuracy, rms = solve_aline_d(ref_accuracy, i[used], j[used], ref_agree[used], shift_agree[used],
+                                          line.slope, n_ref, n_shift)
     estimates = pl.DataFrame({
         "model": models,
         "group": [groups[m] for m in models],
@@ -219,7 +226,7 @@ def aline_fit(reference: Mapping[str, tuple[np.ndarray, np.ndarray]], shifted: M
     pairs = pl.DataFrame({
         "model_a": [models[a] for a in i], "model_b": [models[b] for b in j],
         "reference_agreement": ref_agree, "shifted_agreement": shift_agree,
-        "reference_n": [n_ref] * i.size, "shifted_n": [n_shift] * i.size,
+        "reference_n": [n_ref] * i.size, "shifted_n": [n_shift] * i.size, "used": used,
     }, schema=PAIR_SCHEMA)
     return ALineResult(estimates=estimates, line=line, pairs=pairs, rms_residual=rms)
 
