@@ -3,7 +3,8 @@
 Make the store first (`askshift demo --quick --seed S --store DIR`, a few minutes on CPU), then
 `python benchmarks/label_free_er.py --store DIR --seed S`.  The estimates come from
 ``askshift.lib.report.ask.estimate_er_per_part`` (what `askshift ask` reports), with every shifted image in one
-part; the truth is the ER of the same models with the shifted labels.  `--mixed` adds the demo's mixed shift split
+part, marked in or out of support as the demo knows the shift to be (so "lead" is what the report would lead with);
+the truth is the ER of the same models with the shifted labels.  `--mixed` adds the demo's mixed shift split
 by the split flow into in-support and out-of-support parts (the ask report's setting), each part against its truth.
 ER in points; "lead" is the method the ask report leads with; r is the agreement line's.
 """
@@ -73,7 +74,8 @@ def main() -> int:
         preset, split = item.split("/")
         exp = store.experiment(config.experiment_name(preset))
         index = exp.read_predictions(exp.models()["model"][0], split)["index"]
-        rows += rows_for(exp, split, pl.DataFrame({"index": index, "support": "in"}), {"all": None}, item)
+        support = next((s.support for s in config.active_shifts() if s.preset == preset and s.split == split), "in")
+        rows += rows_for(exp, split, pl.DataFrame({"index": index, "support": support}), {"all": None}, item)
     if args.mixed:
         exp = store.experiment(config.mixed_experiment_name())
         split = "mixed_val"
