@@ -277,7 +277,8 @@ def test_mixed_shift_is_a_function_of_the_seed_and_keeps_a_reference_validation_
 def test_label_free_er_from_atc_gets_the_sign_and_size_of_the_true_er_on_the_demo_shifts(quick_demo):
     """ATC estimates each model's accuracy on the shifted split from its confidences alone (labels ignored); the
     label-free ER built on them should get the sign and the order of magnitude of the true ER right: clearly
-    positive on unseen tint, near zero on the spurious tint p=0.5."""
+    positive on unseen tint, near zero on the spurious tint p=0.5.  ALine-D (agreement-on-the-line) is computed
+    beside it; what is asserted of it is what held on every seed measured."""
     from askshift.flows.demo_config import DemoConfig
     from askshift.lib.report.ask import estimate_er_per_part, models_with_reference_predictions
     from askshift.lib.robustness.er import accuracy_pairs, effective_robustness
@@ -285,19 +286,22 @@ def test_label_free_er_from_atc_gets_the_sign_and_size_of_the_true_er_on_the_dem
     from askshift.lib.store import Store
 
     config = DemoConfig.make(quick=True, seed=3, store=str(quick_demo["store"]))
-    found = {}
+    found, lines = {}, {}
     for preset, split in (("out_of_support", "tint_val"), ("tint_p=0.5", "tint_val")):
         exp = Store(quick_demo["store"]).experiment(config.experiment_name(preset))
         models = models_with_reference_predictions(exp, "source_val")
         membership = pl.DataFrame({"index": exp.read_predictions(models[0], split)["index"], "support": "in"})
-        estimate = estimate_er_per_part(exp, membership, models, "source_val", split)["table"]
+        er = estimate_er_per_part(exp, membership, models, "source_val", split)
+        estimate, lines[preset] = er["table"].filter(pl.col("part") == "all"), er["lines"]["all"]
         truth = effective_robustness(accuracy_pairs(metrics_table(exp, splits=["source_val", split]), "source_val",
                                                     split)).groups
         for group in ("ft", "lp-ft"):
-            est = estimate.filter((pl.col("part") == "all") & (pl.col("group") == group))["effective_robustness"][0]
+            est = {m: estimate.filter((pl.col("method") == m) & (pl.col("group") == group))["effective_robustness"][0]
+                   for m in ("atc", "agreement")}
             true = truth.filter(pl.col("group") == group)["effective_robustness"][0]
-            found[preset, group] = (est, true)
-    print({k: (round(e, 3), round(t, 3)) for k, (e, t) in found.items()})
+            found[preset, group] = (est["atc"], true)
+            found[preset, group, "agreement"] = (est["agreement"], true)
+    print({k: (round(e, 3), round(t, 3)) for k, (e, t) in found.items()}, {k: round(v["r"], 2) for k, v in lines.items()})
     # In-support (the models' confidence stays calibrated): the estimate follows the truth.
     for group in ("ft", "lp-ft"):
         est, true = found["tint_p=0.5", group]
@@ -306,3 +310,8 @@ def test_label_free_er_from_atc_gets_the_sign_and_size_of_the_true_er_on_the_dem
     # overstates the accuracy of every model; the ask report says so next to the numbers of that part.
     est, true = found["out_of_support", "ft"]
     assert est > true, (est, true)
+    # ALine-D: on quick-demo seeds 3, 0 and 773 (benchmarks/label_free_er.py) it had the sign of the unseen tint's
+    # FT/LP-FT ER for seeds 0 and 773 but not 3, and of tint p=0.5's in 1 of 6 cases, so no sign is asserted here.
+    # What held on every seed: the unseen tint sends most models to one class and weakens the agreement line (r 0.36
+    # to 0.66), which the report flags as "neither estimate reliable"; on tint p=0.5 the line is strong (r >= 0.91).
+    assert lines["out_of_support"]["weak"] and not lines["tint_p=0.5"]["weak"], lines
