@@ -5,7 +5,8 @@ The paper's answer needs no labels for the shifted data: split the shift into th
 classifier; pre-training raised effective robustness on out-of-support shifts, not on in-support ones.  The
 verdict follows from the classifier's AUROC and the out-of-support share (``askshift.lib.support.evidence``); the
 report gives the evidence (reliability, the share over ε with an interval, example grids, a nearest-neighbour
-second opinion) and, when trained models exist, a label-free ER estimate per part (average thresholded confidence).
+second opinion) and, when trained models exist, a label-free ER estimate per part (average thresholded confidence
+and agreement-on-the-line).
 """
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def train_models_for_estimate(config: AskConfig, exp, log) -> None:
 
 
 def label_free_er(config: AskConfig, exp, log) -> dict[str, Any] | None:
-    """ATC estimates of every model of ``models_from`` on the shifted images, per part; None without models."""
+    """Label-free estimates (ATC and ALine-D) of every model of ``models_from`` on the shifted images, per part; None
+    without models."""
     store = str(Store(config.split.store).root)
     source = Store(store).experiment(config.models_from) if config.models_from else exp
     models = models_with_reference_predictions(source, config.split.eval_reference_split)
