@@ -174,7 +174,8 @@ def test_custom_run_form_shows_the_config_fields_with_help_and_the_execution_cho
                      "&& document.body.innerText.includes('Dask Workers')")
     text = browser.text()
     for words in ("Dataset", "Shift", "Train Fractions", "fractions of source_train, each more than 0 and at most 1",
-                  "execution", "Backend", "Profile", "Dask Workers", "Submit"):
+                  "execution", "Backend", "Profile", "Dask Workers", "Submit",
+                  "Root", "Cache Dir", "default STORE/_cache"):  # the store section: StoreOptions
         assert words in text, words
     assert "STORE//" not in text and "STORE/EXPERIMENT/" in text  # no description eaten as HTML
 
