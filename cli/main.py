@@ -107,8 +107,10 @@ def check_run(config, seeds_flag: str = "--seed") -> None:
     if seeds is not None:
         check_seeds(seeds, seeds_flag)
     check_device(getattr(config, "device", None))
-    check_store(getattr(config, "store", None))
-    check_store(getattr(config, "cache_dir", None), "--cache-dir")
+    store = getattr(config, "store", None)
+    if store is not None:
+        check_store(store.root)
+        check_store(store.cache_dir, "--cache-dir")
 
 
 def build_parser() -> argparse.ArgumentParser:

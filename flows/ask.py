@@ -20,7 +20,7 @@ from askshift.flows.finetune import FinetuneConfig, pretrained_finetune
 from askshift.flows.naming import ask_name, run_name
 from askshift.flows.split import SplitConfig, split_one_target
 from askshift.lib.report.ask import ask_report, estimate_er_per_part, models_with_reference_predictions
-from askshift.lib.store import Store, atomic_write_text
+from askshift.lib.store import atomic_write_text
 from askshift.lib.support.classifier import load_domain_data, position_images
 from askshift.tasks.loader_pool import LOADER_POOL
 from askshift.tasks.prediction import predict_on_spec
@@ -60,15 +60,14 @@ def train_models_for_estimate(config: AskConfig, exp, log) -> None:
         "reference data")
     on_caller_backend(pretrained_finetune)(FinetuneConfig(
         dataset=split.spec.reference.dataset, shift=str(spec_path), root=split.spec.reference.root,
-        store=str(Store(split.store).root), experiment=exp.name, cache_dir=split.resolved_cache_dir(),
-        device=split.device, seed=split.seed, report=False))
+        store=split.store.resolved(), experiment=exp.name, device=split.device, seed=split.seed, report=False))
 
 
 def label_free_er(config: AskConfig, exp, log) -> dict[str, Any] | None:
     """Label-free estimates (ATC and ALine-D) of every model of ``models_from`` on the shifted images, per part; None
     without models."""
-    store = str(Store(config.split.store).root)
-    source = Store(store).experiment(config.models_from) if config.models_from else exp
+    store = str(config.split.store.resolved_root())
+    source = config.split.store.experiment(config.models_from) if config.models_from else exp
     models = models_with_reference_predictions(source, config.split.eval_reference_split)
     if not models and config.estimate_er and not config.models_from:
         train_models_for_estimate(config, exp, log)
@@ -77,7 +76,7 @@ def label_free_er(config: AskConfig, exp, log) -> dict[str, Any] | None:
         return None
     split = f"{TARGET}_val"
     spec = config.split.setup(TARGET).spec
-    predict_on_spec.submit(store, source.name, models, split, spec, config.split.resolved_cache_dir(),
+    predict_on_spec.submit(store, source.name, models, split, spec, str(config.split.store.resolved_cache_dir()),
                           config.split.device).result()
     log(f"label-free ER: {len(models)} models of {source.name} predicted on the shifted images")
     return estimate_er_per_part(source, exp.read_subsplit(split), models, config.split.eval_reference_split, split,
@@ -90,8 +89,8 @@ def ask(config: AskConfig) -> dict[str, Any]:
     ER estimate; writes ``ask.md`` in the experiment folder and publishes it (``KEY-ask``) with the result note."""
     logger = get_run_logger()
     split_config = config.split
-    store = str(Store(split_config.store).root)
-    exp = Store(store).experiment(split_config.experiment_name())
+    store = str(split_config.store.resolved_root())
+    exp = split_config.store.experiment(split_config.experiment_name())
     setup = split_config.setup(TARGET)
     data = load_domain_data(setup)  # classes, sizes and folds checked before the first model trains
     exp.write_config(config, name="ask_config")

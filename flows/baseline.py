@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Annotated, Literal
 
 from prefect import flow
@@ -16,7 +15,7 @@ from askshift.lib.data.specs import get_spec
 from askshift.lib.models.training import RunConfig, TrainConfig
 from askshift.lib.names import DATASET_SCHEMA, MODEL_SCHEMA, SHIFT_SCHEMA, check_dataset, check_model, check_shift
 from askshift.lib.report.markdown import note_markdown
-from askshift.lib.store import Store
+from askshift.lib.store import StoreOptions, store_options_validator
 from askshift.tasks.data import write_split
 from askshift.tasks.futures import results
 from askshift.tasks.prediction import predict_split
@@ -35,11 +34,9 @@ class BaselineConfig(BaseModel):
                        description="shift preset (askshift shifts), e.g. tint_p=0.5, label_p=0.2, out_of_support, or "
                                    "a YAML/JSON spec file")
     root: str | None = Field(None, description="dataset folder, for datasets that are not bundled")
-    store: str = Field("store", description="results store root; the experiment lands in STORE/EXPERIMENT/. A relative "
-                                            "path is resolved when the run starts, against the working directory of "
-                                            "the process running it (askshift serve: where serve was started)")
+    store: StoreOptions = Field(StoreOptions(), description="where results (STORE/EXPERIMENT/) and the .beton "
+                                                            "cache go")
     experiment: str | None = Field(None, description="experiment folder name; default: the spec's name")
-    cache_dir: str | None = Field(None, description="where .beton files are cached; default STORE/_cache")
     model: str = Field("cnn:small", json_schema_extra=MODEL_SCHEMA,
                        description="architecture of the baseline models (askshift models), e.g. cnn:small, cnn:tiny")
     widths: tuple[Annotated[float, Field(gt=0)], ...] = Field(
@@ -73,6 +70,8 @@ class BaselineConfig(BaseModel):
     num_workers: int = Field(1, ge=1, description="loader worker threads per task")
     eval_batch_size: int = Field(512, ge=1, description="batch size of the predictions")
     report: bool = Field(True, description="write metrics, ER tables and the report after predicting")
+
+    _store = store_options_validator()
 
     @field_validator("train_fractions", "widths", "seeds")
     @classmethod
@@ -145,9 +144,6 @@ class BaselineConfig(BaseModel):
             for width, fraction, seed in itertools.product(self.widths, self.train_fractions, self.seeds)
         ]
 
-    def resolved_cache_dir(self) -> str:
-        return str(Store(self.store).cache_dir(self.cache_dir))
-
 
 @flow(name="synthetic-shift-baseline", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
       flow_run_name=run_name(baseline_name))
@@ -160,11 +156,11 @@ def synthetic_shift_baseline(config: BaselineConfig) -> str:
     training run) and the result note ``KEY-result`` (``askshift.tasks.reporting``: the key rule).
     """
     spec = get_spec(config.shift, dataset=config.dataset, root=config.root)
-    store = str(Store(config.store).root)
+    store = str(config.store.resolved_root())
     name = config.experiment or spec.name
-    exp = Store(store).experiment(name)
+    exp = config.store.experiment(name)
     exp.write_config(config, name="baseline")
-    cache_dir = str(Path(config.resolved_cache_dir()).expanduser().resolve())
+    cache_dir = str(config.store.resolved_cache_dir())
 
     # Every split once, up front, so parallel training tasks never race to write the same .beton.
     futures = [write_split.submit(spec, split, cache_dir) for split in spec.splits()]
@@ -207,7 +203,7 @@ def synthetic_shift_baseline(config: BaselineConfig) -> str:
     print(line)
 
     if config.report:
-        result = report(ReportConfig(store=store, experiment=name))
+        result = report(ReportConfig(store=config.store.resolved(), experiment=name))
         progress.advance(what="report")
         publish_report_result(result, store, name, headline)
     else:

@@ -31,7 +31,7 @@ from askshift.flows.naming import demo_name, run_name
 from askshift.lib.data.datasets import load_dataset
 from askshift.lib.data.specs import DistributionSpec, ExperimentSpec, get_spec, load_spec
 from askshift.lib.report.markdown import inline_images, note_markdown
-from askshift.lib.store import Store, atomic_write_json, write_with
+from askshift.lib.store import atomic_write_json, write_with
 from askshift.lib.support.known_answer import MixtureConfig, build_mixture, palette, tint
 from askshift.lib.support.ratios import DomainClassifierConfig
 from askshift.tasks.data import write_split
@@ -86,8 +86,8 @@ def baseline_config(config: DemoConfig, shift: str, experiment: str):
     from askshift.flows.baseline import BaselineConfig
 
     return BaselineConfig(
-        dataset=config.dataset, shift=shift, store=str(config.store_root()), experiment=experiment,
-        cache_dir=str(config.cache_dir()), model=config.baseline_model, widths=config.baseline_widths,
+        dataset=config.dataset, shift=shift, store=config.store.resolved(), experiment=experiment,
+        model=config.baseline_model, widths=config.baseline_widths,
         train_fractions=config.baseline_fractions, seeds=config.baseline_seed_list(), epochs=config.baseline_epochs,
         keep_epochs=config.baseline_keep_epochs, device=config.device, report=False,
     )
@@ -107,8 +107,8 @@ def finetune_config(config: DemoConfig, shift: str, experiment: str, pretrained:
         "lp_epochs": config.lp_epochs,
     })
     return FinetuneConfig(
-        dataset=config.dataset, shift=shift, store=str(config.store_root()), experiment=experiment,
-        cache_dir=str(config.cache_dir()), models=(config.baseline_model,), strategies=config.strategies,
+        dataset=config.dataset, shift=shift, store=config.store.resolved(), experiment=experiment,
+        models=(config.baseline_model,), strategies=config.strategies,
         same_arch_control=config.control, pretrained={config.baseline_model: pretrained} if pretrained else {},
         hparams=hparams, seed=config.seed, pretrain=pretrain_config(config), device=config.device, report=False,
     )
@@ -120,7 +120,7 @@ def finetune_config(config: DemoConfig, shift: str, experiment: str, pretrained:
 @task(name="build the mixed shift", cache_policy=NO_CACHE)
 def build_mixed_shift(config: DemoConfig) -> dict[str, str]:
     """Write the mixture (askshift.lib.support.known_answer) plus a reference validation split as one npz, and a spec file for it."""
-    exp = Store(config.store_root()).experiment(config.mixed_experiment_name())
+    exp = config.store.experiment(config.mixed_experiment_name())
     mixture_config = MixtureConfig(seed=config.seed, spurious_p=0.5, out_fraction=config.mixture_out_fraction,
                                    flip_fraction=0.5, copies=1, image_size=32)
     npz_path = exp.root / "mixture.npz"
@@ -164,8 +164,8 @@ def split_config(config: DemoConfig, spec_path: str):
 
     classifier = DomainClassifierConfig(model="cnn:tiny", lrs=config.split_lrs, epochs=config.split_epochs,
                                         batch_size=64, reference_size=None, in_memory=True, seed=config.seed)
-    return SplitConfig(spec=load_spec(spec_path), store=str(config.store_root()),
-                       experiment=config.mixed_experiment_name(), cache_dir=str(config.cache_dir()),
+    return SplitConfig(spec=load_spec(spec_path), store=config.store.resolved(),
+                       experiment=config.mixed_experiment_name(),
                        classifier=classifier, folds=config.split_folds, seed=config.seed,
                        device=config.device, examples_per_row=8)
 
@@ -188,12 +188,12 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
     from askshift.tasks.finetune import pretrain_checkpoint
 
     started = time.monotonic()
-    store = config.store_root()
+    store = config.store.resolved_root()
     presets = config.presets()
     experiments = [config.experiment_name(p) for p in presets] + ([config.mixed_experiment_name()] if config.split else [])
     progress = Progress(store, experiments, config.planned_runs(), STAGES, write=_say,
                         training_stages=("shifts", "mixed shift and split"))
-    demo_exp = Store(store).experiment(DEMO_EXPERIMENT)
+    demo_exp = config.store.experiment(DEMO_EXPERIMENT)
     demo_exp.write_config(config, name="demo_config")
     _say(f"[demo] {config.variant()} variant, seed {config.seed}: {len(config.active_shifts())} shifts in "
          f"{len(presets)} experiments{' + a mixed shift split by the split flow' if config.split else ''}; "
@@ -207,7 +207,7 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
         for preset in presets:
             spec = get_spec(preset, dataset=config.dataset)
             for split in spec.splits():
-                write_split(spec, split, str(config.cache_dir()))
+                write_split(spec, split, str(config.store.resolved_cache_dir()))
         mixed_files = build_mixed_shift(config) if config.split else None
         _update_progress(artifact, 5.0)
 
@@ -256,7 +256,7 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
 
 def demo_key(store: str) -> str:
     """``demo``, or ``demo-STOREHASH`` for a store other than the demo's default (askshift.tasks.reporting: the key rule)."""
-    return experiment_key("demo", store, default_store=DemoConfig.model_fields["store"].default)
+    return experiment_key("demo", store, default_store=DemoConfig.model_fields["store"].default.root)
 
 
 def _update_progress(bar: Any, value: float) -> None:

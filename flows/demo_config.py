@@ -16,7 +16,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from askshift.lib.robustness.wording import group_verdict
-from askshift.lib.store import Store, content_hash
+from askshift.lib.store import StoreOptions, content_hash, store_options_validator
 
 DEMO_EXPERIMENT = "demo"  # STORE/demo/ holds the combined report, its plots and tables
 ER_TABLE = "demo_er"  # STORE/demo/tables/demo_er.parquet: one row per (shift, group)
@@ -135,9 +135,8 @@ class DemoConfig(BaseModel):
 
     seed: int = Field(0, ge=0, description="seeds baselines, fine-tuning copies, the mixture and the domain classifier")
     quick: bool = Field(False, description="the smoke variant (fewer models, no extra shift): about 2 minutes")
-    store: str = Field("askshift-store", description="results store root; the combined report lands in STORE/demo/. A "
-                                                     "relative path is resolved against the working directory of the "
-                                                     "process running the demo (askshift serve: where serve was started)")
+    store: StoreOptions = Field(StoreOptions(root="askshift-store"), description="where results (the combined "
+                                "report: STORE/demo/) and the cache (.beton files, the pre-trained checkpoint) go")
     dataset: Literal["digits"] = Field("digits", description="the demo's dataset (digits only)")
     device: str = Field("cpu", json_schema_extra={"pattern": r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"},
                         description="cpu (the demo's target), auto, cuda, cuda:N")
@@ -175,15 +174,19 @@ class DemoConfig(BaseModel):
     split_lrs: tuple[Annotated[float, Field(gt=0)], ...] = Field(
         (3e-3,), json_schema_extra={"minItems": 1}, description="learning rates of the domain classifier")
 
+    _store = store_options_validator()
+
     @field_validator("baseline_keep_epochs")
     @classmethod
     def _keep_sorted(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(sorted(set(value)))
 
     @classmethod
-    def make(cls, quick: bool = False, seed: int = 0, store: str = "askshift-store", **overrides) -> "DemoConfig":
-        """The full demo, or with ``quick`` the smoke variant (fewer, shorter runs; no extra shift)."""
-        return cls(seed=seed, quick=quick, store=store, **overrides)
+    def make(cls, quick: bool = False, seed: int = 0, store: str | StoreOptions | None = None,
+             **overrides) -> "DemoConfig":
+        """The full demo, or with ``quick`` the smoke variant (fewer, shorter runs; no extra shift); ``store``: a
+        root folder or StoreOptions, default the field's."""
+        return cls(seed=seed, quick=quick, **({} if store is None else {"store": store}), **overrides)
 
     # --- what runs -------------------------------------------------------------------------------
     def active_shifts(self) -> list[DemoShift]:
@@ -212,12 +215,6 @@ class DemoConfig(BaseModel):
 
     def mixed_experiment_name(self) -> str:
         return f"{self._tag()}-{MIXED_SPLIT_NAME}"
-
-    def store_root(self) -> Path:
-        return Path(self.store).expanduser().resolve()
-
-    def cache_dir(self) -> Path:
-        return Store(self.store).cache_dir()
 
     def pretrain_config(self):
         """The glyph pre-training every seed fine-tunes (one checkpoint, like a published one)."""

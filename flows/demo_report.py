@@ -36,7 +36,7 @@ from askshift.lib.report.plots import accuracy_on_the_line, er_by_group
 from askshift.lib.robustness.comparison import compare_fits
 from askshift.lib.robustness.er import accuracy_pairs
 from askshift.lib.robustness.lines import ERInputError
-from askshift.lib.store import ExperimentStore, Store, atomic_write_text, content_hash, load_torch, safe_name
+from askshift.lib.store import ExperimentStore, atomic_write_text, content_hash, load_torch, safe_name
 from askshift.lib.support.known_answer import membership_recovery
 from askshift.lib.support.ratios import DEFAULT_EPSILON
 
@@ -94,7 +94,7 @@ def _reference_size(config: DemoConfig, shift_name: str) -> int | None:
     try:
         from askshift.lib.data.loaders import split_info
 
-        return split_info(get_spec(shift_name, dataset=config.dataset), "source_train", str(config.cache_dir())).num_examples
+        return split_info(get_spec(shift_name, dataset=config.dataset), "source_train", str(config.store.resolved_cache_dir())).num_examples
     except Exception:  # noqa: BLE001 -- a size for a sentence; never worth failing the report
         return None
 
@@ -131,7 +131,7 @@ def mixed_sections(config: DemoConfig, demo_exp: ExperimentStore, models: dict[s
                    ) -> tuple[list[str], list[dict], list[pl.DataFrame]]:
     """The split section: membership recovery, the split flow's own section, and ER on each part."""
     name = config.mixed_experiment_name()
-    exp = Store(config.store_root()).experiment(name)
+    exp = config.store.experiment(name)
     split = f"{MIXED_SPLIT_NAME}_val"
     lines = ["## Mixed natural-like shift, split into in-support and out-of-support parts", "",
              "The reference distribution is digits with a spurious palette tint (each digit gets its class's colour "
@@ -211,7 +211,7 @@ def build_demo_report(config: DemoConfig, seconds: float | None = None,
     """Write STORE/demo/report.md, tables/demo_er.parquet (shift x group) and tables/demo_models.parquet.
 
     ``models`` (experiment -> model ids) restricts each experiment to the models of this run."""
-    store = Store(config.store_root())
+    store = config.store.store()
     demo_exp = store.experiment(DEMO_EXPERIMENT)
     shift_lines: list[str] = []
     rows: list[dict] = []
@@ -318,7 +318,7 @@ def _pretrain_accuracy(config) -> str:
     cover = (f": {len(CHARACTERS)} letter classes, none a digit or digit look-alike, in many fonts, random colours and "
              f"backgrounds, with {pre.flip_p:.0%} flipped upside down and {pre.flip_p / 2:.0%} mirrored, {pre.quarter_turn_p:.0%} "
              f"quarter-turned, {pre.tint_p:.0%} tinted and {pre.clutter_p:.0%} with distractor strokes")
-    path = config.cache_dir() / "pretrained"
+    path = config.store.resolved_cache_dir() / "pretrained"
     try:
         key = content_hash(pre)
         for file in sorted(path.glob("*.pt")):

@@ -117,7 +117,7 @@ def run_report(config: ReportConfig, execution: Execution = Execution()) -> Repo
     """Effective-robustness report of one experiment folder (flow report) on the chosen backend.
 
     Args:
-        config: the experiment folder (store: an absolute path, askshift serve shows the default store resolved;
+        config: the experiment folder (store.root: an absolute path, askshift serve shows the default store resolved;
             experiment: what the baseline flow prints), how ER is computed and judged (er) and whether to publish
         execution: where the flow's tasks run: local, dask or slurm (slurm needs a profile), like askshift run
             report --backend B --profile P

@@ -77,15 +77,24 @@ def _schedules(spec: DeploymentSpec) -> list[Any]:
 
 
 def absolute_stores(parameters: Any, base: str | Path | None = None) -> Any:
-    """``parameters`` with every relative ``store`` value made absolute against ``base`` (default: the working
-    directory), so the UI form shows, and runs use, one folder whatever directory a run starts in."""
+    """``parameters`` with every ``store`` (StoreOptions: ``root`` and ``cache_dir``; a bare string is its root) made
+    absolute against ``base`` (default: the working directory), so the UI form shows, and runs use, one folder
+    whatever directory a run starts in."""
     base = Path(base or Path.cwd())
+
+    def absolute(value: Any) -> Any:
+        if not isinstance(value, str) or not value.strip():
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (base / path).resolve())
+
     if isinstance(parameters, dict):
         out = {}
         for key, value in parameters.items():
             if key == "store" and isinstance(value, str) and value.strip():
-                path = Path(value).expanduser()
-                out[key] = str(path if path.is_absolute() else (base / path).resolve())
+                value = {"root": value}
+            if key == "store" and isinstance(value, dict):
+                out[key] = {k: absolute(v) if k in ("root", "cache_dir") else v for k, v in value.items()}
             else:
                 out[key] = absolute_stores(value, base)
         return out

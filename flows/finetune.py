@@ -47,7 +47,7 @@ from askshift.lib.names import (
     check_shift,
 )
 from askshift.lib.report.markdown import note_markdown
-from askshift.lib.store import Store, content_hash, safe_name, to_jsonable
+from askshift.lib.store import StoreOptions, content_hash, safe_name, store_options_validator, to_jsonable
 from askshift.tasks.finetune import dfr_one, finetune_one, pretrain_checkpoint
 from askshift.tasks.prediction import predict_split
 from askshift.tasks.reporting import ProgressBar, experiment_key, publish_result, store_words
@@ -63,11 +63,9 @@ class FinetuneConfig(BaseModel):
     shift: str = Field("out_of_support", json_schema_extra=SHIFT_SCHEMA,
                        description="shift preset (askshift shifts), e.g. out_of_support, tint_p=0.5, or a spec file")
     root: str | None = Field(None, description="dataset folder, for datasets that are not bundled")
-    store: str = Field("store", description="results store root; results land in STORE/EXPERIMENT/. A relative path is "
-                                            "resolved when the run starts, against the working directory of the "
-                                            "process running it (askshift serve: where serve was started)")
+    store: StoreOptions = Field(StoreOptions(), description="where results (STORE/EXPERIMENT/), the .beton files "
+                                                            "and the pre-trained checkpoints go")
     experiment: str | None = Field(None, description="experiment folder; default: the spec's name (the baseline's)")
-    cache_dir: str | None = Field(None, description=".beton and pre-trained checkpoint cache; default STORE/_cache")
     preset: FinetunePreset | None = Field(None, description="paper preset (openai_clip, augreg_in21k): sets models, "
                                                            "strategies, recipe")
     models: tuple[Annotated[str, Field(json_schema_extra=MODEL_SCHEMA)], ...] = Field(
@@ -93,6 +91,8 @@ class FinetuneConfig(BaseModel):
     num_workers: int = Field(1, ge=1, description="loader worker threads per task")
     eval_batch_size: int = Field(512, ge=1, description="batch size of the predictions")
     report: bool = Field(True, description="write metrics, ER tables and the report after predicting")
+
+    _store = store_options_validator()
 
     @field_validator("strategies", "models", mode="before")
     @classmethod
@@ -135,9 +135,6 @@ class FinetuneConfig(BaseModel):
             update["hparams"] = default_recipe(self.models)
         return self.model_copy(update=update)
 
-    def resolved_cache_dir(self) -> str:
-        return str(Store(self.store).cache_dir(self.cache_dir))
-
     def group_name(self, strategy: str, model: str) -> str:
         group = STRATEGIES.get(strategy).group
         return group if len(self.models) == 1 else f"{group} {model}"
@@ -153,7 +150,7 @@ def check_config(config: FinetuneConfig) -> FinetuneConfig:
 def pretrain_path(config: FinetuneConfig, model: str) -> Path:
     """Where the cached local glyph checkpoint of ``model`` lives (STORE/_cache/pretrained/...)."""
     pre = (config.pretrain or PretrainConfig()).model_copy(update={"model": model})
-    return Path(config.resolved_cache_dir()) / "pretrained" / f"glyphs-{safe_name(model)}-{content_hash(pre)}.pt"
+    return config.store.resolved_cache_dir() / "pretrained" / f"glyphs-{safe_name(model)}-{content_hash(pre)}.pt"
 
 
 @flow(name="pretrained-finetune", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
@@ -171,12 +168,12 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
     config = check_config(config)
     hp = config.hparams
     spec = get_spec(config.shift, dataset=config.dataset, root=config.root)
-    store = str(Store(config.store).root)
+    store = str(config.store.resolved_root())
     name = config.experiment or spec.name
-    exp = Store(store).experiment(name)
-    cache_dir = config.resolved_cache_dir()
+    exp = config.store.experiment(name)
+    cache_dir = str(config.store.resolved_cache_dir())
 
-    ensure_baseline(config, store, name, cache_dir)
+    ensure_baseline(config, name)
     warn_if_mixing(exp, config)
     exp.write_config(config, name="finetune")
     info = split_info(spec, "source_train", cache_dir)
@@ -236,7 +233,7 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
 
     summary = []
     if config.report:
-        result = report(ReportConfig(store=store, experiment=name))
+        result = report(ReportConfig(store=config.store.resolved(), experiment=name))
         progress.advance(what="report")
         summary = result.summary.to_dicts() if result.summary.height else []
         print(format_er_table(summary))
@@ -254,7 +251,7 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
 
 
 # Settings that do not change what a group's models are (which groups run, how many copies, where, how fast).
-_RUN_ONLY_FIELDS = {"device", "num_workers", "eval_batch_size", "report", "store", "cache_dir", "models", "strategies",
+_RUN_ONLY_FIELDS = {"device", "num_workers", "eval_batch_size", "report", "store", "models", "strategies",
                     "same_arch_control", "dfr_split", "baseline"}
 
 
@@ -298,15 +295,15 @@ def make_submitter(store: str, name: str, cache_dir: str, submit: dict) -> Calla
     return run_future
 
 
-def ensure_baseline(config: FinetuneConfig, store: str, name: str, cache_dir: str) -> None:
+def ensure_baseline(config: FinetuneConfig, name: str) -> None:
     """Run (or reuse) the baseline flow when the experiment has no baseline models: ER needs the line."""
-    exp = Store(store).experiment(name)
+    exp = config.store.experiment(name)
     models = exp.models()
     if (models["group"] == "baseline").sum() >= 3:
         return
 
-    values = {"dataset": config.dataset, "shift": config.shift, "root": config.root, "store": store, "experiment": name,
-              "cache_dir": cache_dir, "device": config.device, "num_workers": config.num_workers, "report": False,
+    values = {"dataset": config.dataset, "shift": config.shift, "root": config.root, "store": config.store.resolved(),
+              "experiment": name, "device": config.device, "num_workers": config.num_workers, "report": False,
               "resolution": config.resolution, **config.baseline}
     print(f"experiment {name!r} has no baseline models yet: running the baseline flow first")
 
@@ -342,7 +339,7 @@ def resolve_pretrained(config: FinetuneConfig) -> dict[str, str | None]:
 def register_and_predict(config: FinetuneConfig, store: str, name: str, cache_dir: str, spec: Any,
                          copies: list[tuple[str, str, FinetuneRun, Any]], group_of=None) -> list[str]:
     """Register each finished copy under its group, DFR it if asked, and predict it on every split."""
-    exp = Store(store).experiment(name)
+    exp = config.store.experiment(name)
     splits = ["source_val"] + spec.target_splits()
     model_ids, predictions = [], []
     for model, strategy, run, future in copies:
@@ -370,7 +367,7 @@ def _final_checkpoint(exp, run: FinetuneRun) -> Path:
     return final_checkpoint(exp, run)
 
 
-def er_report(store: str, experiment: str) -> list[dict]:
+def er_report(store: StoreOptions, experiment: str) -> list[dict]:
     """The report flow (metrics, ER tables, plots, report.md, artifacts); returns the per-group summary rows."""
     result = report(ReportConfig(store=store, experiment=experiment))
     return result.summary.to_dicts() if result.summary.height else []
@@ -435,9 +432,9 @@ def hparam_ablation(config: AblationConfig) -> dict:
 
     result = on_caller_backend(pretrained_finetune)(base)
     lr = next(s["lr"] for s in result["selected"] if s["strategy"] == strategy)
-    store, spec = str(Store(base.store).root), get_spec(base.shift, dataset=base.dataset, root=base.root)
+    store, spec = str(base.store.resolved_root()), get_spec(base.shift, dataset=base.dataset, root=base.root)
     name = Path(result["experiment"]).name
-    cache_dir = base.resolved_cache_dir()
+    cache_dir = str(base.store.resolved_cache_dir())
 
     class_names = zero_shot_class_names(base.dataset, split_info(spec, "source_train", cache_dir).class_names)
     weights = resolve_pretrained(base)
@@ -460,9 +457,9 @@ def hparam_ablation(config: AblationConfig) -> dict:
                                resolution=base.resolution)
                 copies.append((model, label, run, run_future(run)))
     register_and_predict(base, store, name, cache_dir, spec, copies, group_of=lambda _m, label: label)
-    summary = er_report(store, name)
+    summary = er_report(base.store.resolved(), name)
     table = ablation_table(summary, group, selected, labels)
-    exp = Store(store).experiment(name)
+    exp = base.store.experiment(name)
     exp.write_table("hparam_ablation", table, config=config)
     print(format_ablation(table))
 

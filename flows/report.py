@@ -15,7 +15,7 @@ from askshift.lib.report.markdown import (
     summary_display_table,
 )
 from askshift.lib.robustness.er import ERSettings
-from askshift.lib.store import Store
+from askshift.lib.store import Store, StoreOptions, store_options_validator
 from askshift.tasks.reporting import (
     artifact_url,
     experiment_key,
@@ -32,13 +32,15 @@ class ReportConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    store: str = Field(description="results store root (an absolute path; a relative one is read from the runner's "
-                                   "working directory)")
+    store: StoreOptions = Field(description="the results store holding the experiment (root: an absolute path; a "
+                                            "relative one is read from the runner's working directory)")
     experiment: str = Field(description="experiment folder inside the store, e.g. digits-tint_p=0.5 (what the "
                                         "baseline flow prints)")
     er: ERSettings = Field(default_factory=ERSettings, description="how effective robustness is computed and judged")
     publish: bool = Field(True, description="publish the report, the short ER tables and the result note as "
                                             "Prefect artifacts")
+
+    _store = store_options_validator()
 
 
 @task(name="build ER report", cache_policy=NO_CACHE, task_run_name="ER report of {experiment}")
@@ -125,7 +127,7 @@ def report(config: ReportConfig) -> ReportResult:
     Args:
         config: the experiment folder (store, experiment), how ER is computed (er) and whether to publish artifacts
     """
-    store, experiment = str(Store(config.store).root), config.experiment  # absolute: keys and paths name one folder
+    store, experiment = str(config.store.resolved_root()), config.experiment  # absolute: keys and paths name one folder
     # Submitted, not called: the task runner (--backend, a deployment's `execution`) decides where it runs.
     result = build_report_task.submit(store, experiment, config.er).result()
     if config.publish:

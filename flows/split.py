@@ -28,7 +28,7 @@ from askshift.lib.report.support import (
     section_markdown,
     support_er,
 )
-from askshift.lib.store import ExperimentStore, Store, atomic_write_text
+from askshift.lib.store import ExperimentStore, StoreOptions, atomic_write_text, store_options_validator
 from askshift.lib.support.classifier import (
     DomainSetup,
     load_domain_data,
@@ -79,10 +79,9 @@ class SplitConfig(BaseModel):
                                                                 "more than 0 and less than 1")
     epsilon: float = Field(DEFAULT_EPSILON, gt=0, lt=1, description="ε of the stored split, more than 0 and less "
                                                                    "than 1 (0.2: paper; 0.1: released notebook)")
-    store: str = Field("store", description="results store root; a relative path is resolved when the run starts, "
-                                            "against the working directory of the process running it")
+    store: StoreOptions = Field(StoreOptions(), description="where results (STORE/EXPERIMENT/) and the .beton "
+                                                            "cache go")
     experiment: str | None = Field(None, description="experiment folder (default: the spec's name)")
-    cache_dir: str | None = Field(None, description=".beton cache (default STORE/_cache)")
     device: str = Field("cpu", json_schema_extra={"pattern": r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"},
                         description="device of the domain classifier: cpu, cuda, cuda:1, ...")
     num_workers: int = Field(1, ge=1, description="FFCV decoding threads per task")
@@ -91,6 +90,8 @@ class SplitConfig(BaseModel):
     bootstrap_examples: int = Field(0, ge=0, description="per-part ER: also an example-level bootstrap with this many "
                                     "resamples (examples of every split jointly, and baseline models); 0 = off")
     seed: int = Field(0, ge=0, description="seed of the folds, the classifier and the example grid; 0 or more")
+
+    _store = store_options_validator()
 
     @model_validator(mode="before")
     @classmethod
@@ -113,9 +114,6 @@ class SplitConfig(BaseModel):
     def experiment_name(self) -> str:
         return self.experiment or self.spec.name
 
-    def resolved_cache_dir(self) -> str:
-        return str(Store(self.store).cache_dir(self.cache_dir))
-
     def target_names(self) -> tuple[str, ...]:
         names = self.targets or tuple(self.spec.targets)
         unknown = [t for t in names if t not in self.spec.targets]
@@ -127,7 +125,7 @@ class SplitConfig(BaseModel):
         # Both sides stored alike, so the classifier cannot tell them apart by file format or size.
         spec = parity_spec(self.spec, self.reference_split, f"{target}_val")
         return DomainSetup(spec=spec, reference_split=self.reference_split, shifted_split=f"{target}_val",
-                           cache_dir=self.resolved_cache_dir(), classifier=self.classifier, folds=self.folds,
+                           cache_dir=str(self.store.resolved_cache_dir()), classifier=self.classifier, folds=self.folds,
                            seed=self.seed)
 
 
@@ -172,7 +170,7 @@ def split_one_target(config: SplitConfig, exp: ExperimentStore, target: str, log
     data = load_domain_data(setup)
     log(f"{split}: {data.n_reference} reference vs {data.n_shifted} shifted examples, {config.folds} folds"
         + (" (GroupKFold)" if data.grouped else ""))
-    store, name = str(Store(config.store).root), exp.name
+    store, name = str(config.store.resolved_root()), exp.name
 
     lrs = config.classifier.lrs
     tuning = None
@@ -257,8 +255,8 @@ def split_shift(config: SplitConfig) -> dict[str, dict[str, Any]]:
     """Split every chosen target of ``config.spec`` into in-support and out-of-support parts; the run the user
     opened gets the result note ``KEY-split-result`` and a progress bar (one step per target)."""
     logger = get_run_logger()
-    store = str(Store(config.store).root)
-    exp = Store(store).experiment(config.experiment_name())
+    store = str(config.store.resolved_root())
+    exp = config.store.experiment(config.experiment_name())
     targets = config.target_names()
     # Every target's input is checked (classes, sizes, folds) before the first model trains.
     for target in targets:

@@ -25,7 +25,7 @@ from askshift.lib.robustness.er import accuracy_pairs, effective_robustness
 from askshift.lib.robustness.lines import ERInputError
 from askshift.lib.robustness.metrics import metrics_table
 from askshift.lib.robustness.paper_zoo import BASELINE_GROUP, PRETRAINED_GROUP, paper_zoo
-from askshift.lib.store import ExperimentStore, Store
+from askshift.lib.store import ExperimentStore
 from askshift.tasks.reporting import experiment_key, publish_result, store_words
 from askshift.tasks.zoo import predict_zoo_model
 
@@ -87,7 +87,7 @@ def zoo_evaluate(config: ZooConfig) -> dict[str, Any]:
     split_config = config.split
     groups = config.model_groups()
     targets = split_config.target_names()
-    cache_dir = split_config.resolved_cache_dir()
+    cache_dir = str(split_config.store.resolved_cache_dir())
     # ImageNet-R and the like: one convention for reference and shifted set (askshift.lib.data.class_subset).
     classes = spec_class_subset(split_config.spec, cache_dir, targets)
     if classes is not None:
@@ -95,12 +95,12 @@ def zoo_evaluate(config: ZooConfig) -> dict[str, Any]:
         logger.info(f"the shifted set covers {len(classes)} classes: the reference is restricted to them and "
                     f"predictions on both are taken among them")
     resolved = config.model_copy(update={"split": split_config})
-    exp = Store(split_config.store).experiment(split_config.experiment_name())
+    exp = split_config.store.experiment(split_config.experiment_name())
     splits = [split_config.eval_reference_split, *(f"{t}_val" for t in targets)]
     exp.write_config(resolved, name="zoo_config")
     for model, group in groups.items():
         exp.register_model(model, group, architecture=f"timm-zoo:{model}", source="zoo_evaluate")
-    store = str(Store(split_config.store).root)
+    store = str(split_config.store.resolved_root())
     futures = [predict_zoo_model.submit(store, exp.name, model, split, split_config.spec, cache_dir,
                                         config.weights_dir, config.num_classes, split_config.device,
                                         config.batch_size, split_config.num_workers, config.resolution, targets)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
@@ -257,6 +258,68 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
+
+
+class StoreOptions(BaseModel):
+    """Where a flow's results and cache live; the flow configs nest it as ``store`` and resolve both folders here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    root: str = Field("store", description="results store root STORE; experiments land in STORE/EXPERIMENT/. A "
+                                           "relative path is resolved when the run starts, against the working "
+                                           "directory of the process running it (askshift serve: where serve was "
+                                           "started)")
+    cache_dir: str | None = Field(None, description="cache of .beton files, decodability records and pre-trained "
+                                                    "stand-ins; default STORE/_cache")
+
+    def store(self) -> Store:
+        return Store(self.root)
+
+    def resolved_root(self) -> Path:
+        return self.store().root
+
+    def resolved_cache_dir(self) -> Path:
+        return self.store().cache_dir(self.cache_dir)
+
+    def experiment(self, name: str) -> "ExperimentStore":
+        return self.store().experiment(name)
+
+    def resolved(self) -> "StoreOptions":
+        """The same folders as absolute paths: what a flow hands to the flows it starts (one folder whatever
+        directory they run in)."""
+        return StoreOptions(root=str(self.resolved_root()),
+                            cache_dir=str(self.resolved_cache_dir()) if self.cache_dir else None)
+
+
+def fold_store_input(cls: type[BaseModel], values: Any) -> Any:
+    """A config's raw input with ``store`` as StoreOptions input: ``store="PATH"`` is the root, a ``store`` mapping
+    without a root gets the config's default root, and a top-level ``cache_dir`` moves into ``store``."""
+    if not isinstance(values, dict) or ("store" not in values and "cache_dir" not in values):
+        return values
+    store, cache_dir = values.get("store"), values.get("cache_dir")
+    if isinstance(store, (str, os.PathLike)):
+        store = {"root": os.fspath(store)}
+    elif isinstance(store, StoreOptions):
+        store = store.model_dump()
+    elif store is None:
+        store = {}
+    elif not isinstance(store, dict):
+        return values  # pydantic names the wrong type
+    if "root" not in store and (store or cache_dir is not None):
+        default = cls.model_fields["store"].get_default(call_default_factory=True)
+        store = {"root": default.root if isinstance(default, StoreOptions) else StoreOptions().root, **store}
+    if cache_dir is not None:
+        store = {**store, "cache_dir": os.fspath(cache_dir)}
+    values = {k: v for k, v in values.items() if k != "cache_dir"}
+    if store:
+        values["store"] = store
+    return values
+
+
+def store_options_validator():
+    """``_store = store_options_validator()`` in a config with a ``store: StoreOptions`` field: its ``mode="before"``
+    validator (``fold_store_input``), so ``store="PATH"`` and a top-level ``cache_dir=`` still validate."""
+    return model_validator(mode="before")(classmethod(fold_store_input))
 
 
 @dataclasses.dataclass(frozen=True)

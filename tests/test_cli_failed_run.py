@@ -211,13 +211,12 @@ def _block_run_folder(store) -> tuple[str, str]:
     retry can fix.  Returns (the file, the training task run's name)."""
     from askshift.flows.baseline import BaselineConfig
     from askshift.lib.data.specs import get_spec
-    from askshift.lib.store import Store
 
     config = BaselineConfig(dataset="digits", store=str(store), epochs=1, train_fractions=(1.0,), seeds=(0,),
                             device="cpu")
     spec = get_spec(config.shift, dataset=config.dataset, root=config.root)
     (run,) = config.runs(spec.baseline_epochs_factor)
-    folder = Store(config.store).experiment(config.experiment or spec.name).run_dir(run.run_id())
+    folder = config.store.experiment(config.experiment or spec.name).run_dir(run.run_id())
     folder.parent.mkdir(parents=True)
     folder.write_text("not a run folder\n")
     return str(folder), f"train {run.model_label()} on {run.shift}"

@@ -137,7 +137,7 @@ def test_deployment_triggered_like_the_ui_run_button_completes_and_publishes_art
     store = served["base"] / "store"
     make_experiment(store / "tiny")
     # No `execution` parameter: the default, local backend.
-    flow_run_id = _run_report_deployment(served, {"config": {"store": str(store), "experiment": "tiny"}}, timeout=240)
+    flow_run_id = _run_report_deployment(served, {"config": {"store": {"root": str(store)}, "experiment": "tiny"}}, timeout=240)
     _assert_report_subflow_published_artifacts(served, flow_run_id)
     assert (store / "tiny" / "report.md").exists()
 
@@ -154,7 +154,7 @@ def test_ui_run_with_execution_slurm_runs_the_report_task_in_a_slurm_job_on_the_
     profile.write_text(LOCAL_PROFILE.read_text()
                        + f"\npreload: [{str(PROBE)!r}]\nenv: {{ASKSHIFT_WORKER_WARM_IMPORTS: ''}}\n")
     flow_run_id = _run_report_deployment(served, {
-        "config": {"store": str(store), "experiment": "tiny-slurm"},
+        "config": {"store": {"root": str(store)}, "experiment": "tiny-slurm"},
         "execution": {"backend": "slurm", "profile": str(profile)}}, timeout=300)
     _assert_report_subflow_published_artifacts(served, flow_run_id)
     assert (store / "tiny-slurm" / "report.md").exists()

@@ -101,7 +101,7 @@ def preempted_baseline(slurm_cluster, prefect_api, tmp_path_factory, monkeypatch
 
     spec = get_spec(config.shift, dataset=config.dataset)
     for split in spec.splits():
-        split_beton(spec, split, config.resolved_cache_dir())
+        split_beton(spec, split, str(config.store.resolved_cache_dir()))
     try:
         runner = make_task_runner("slurm", str(profile))
         state = synthetic_shift_baseline.with_options(task_runner=runner)(config, return_state=True)

@@ -13,7 +13,7 @@ import torch
 
 from askshift.lib.models.pretrain import CHARACTERS, PretrainConfig, make_corpus, pretrain
 from askshift.lib.models.strategies import FinetuneHparams
-from askshift.lib.store import Store, read_json
+from askshift.lib.store import read_json
 
 # Two threads on a busy 2-core machine are slower than one (thread contention); subprocesses get the same.
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -76,7 +76,7 @@ def finetuned(prefect_api, tmp_path_factory):
 @pytest.mark.slow
 def test_finetune_flow_selects_lrs_trains_copies_predicts_and_reports_er(finetuned):
     config, result, _ = finetuned
-    exp = Store(config.store).experiment(Path(result["experiment"]).name)
+    exp = config.store.experiment(Path(result["experiment"]).name)
     models = exp.models()
     counts = dict(models.group_by("group").len().iter_rows())
     assert counts == {"baseline": 4, "ft": 2, "lp-ft": 2, "scratch-same-arch": 2}, counts
@@ -97,7 +97,7 @@ def test_finetune_flow_selects_lrs_trains_copies_predicts_and_reports_er(finetun
         assert {i["lr"] for i in copies} == {chosen["lr"]} and {i["seed"] for i in copies} == {0, 1}
 
     # Fine-tuning started from the local glyph checkpoint, built once in the store's cache.
-    assert any("pretrained" in str(p) for p in (Path(config.store) / "_cache").rglob("glyphs-*.pt"))
+    assert any("pretrained" in str(p) for p in config.store.resolved_cache_dir().rglob("glyphs-*.pt"))
     assert {i["pretrained"] for i in infos if i.get("strategy") in ("ft", "lp-ft")} != {None}
     assert {i["pretrained"] for i in infos if i.get("strategy") == "scratch"} == {None}
 
@@ -120,22 +120,22 @@ def test_a_finished_finetune_run_is_not_trained_again(finetuned):
     from askshift.lib.models.finetune import finetune_run, plan_run
 
     config, result, _ = finetuned
-    exp = Store(config.store).experiment(Path(result["experiment"]).name)
+    exp = config.store.experiment(Path(result["experiment"]).name)
     info = json.loads(exp.models().filter(pl.col("group") == "ft")["info"][0])
     run = plan_run("ft", "cnn:small", TINY_RECIPE, info["lr"], info["seed"], dataset="digits", shift="out_of_support",
                    pretrained=info["pretrained"], class_names=[str(i) for i in range(10)])
     started = time.time()
-    outcome = finetune_run(exp, run, config.resolved_cache_dir(), device="cpu", log=lambda m: pytest.fail(f"retrained: {m}"))
+    outcome = finetune_run(exp, run, str(config.store.resolved_cache_dir()), device="cpu", log=lambda m: pytest.fail(f"retrained: {m}"))
     assert outcome.val_accuracy == info["val_accuracy"] and time.time() - started < 5
 
 
 @pytest.mark.slow
 def test_cli_run_finetune_as_written_reuses_finished_runs_and_prints_the_experiment(finetuned, askshift):
     config, result, _ = finetuned
-    info = json.loads(Store(config.store).experiment(Path(result["experiment"]).name).models()
+    info = json.loads(config.store.experiment(Path(result["experiment"]).name).models()
                       .filter(pl.col("group") == "ft")["info"][0])
     cmd = [askshift, "run", "finetune", "--dataset", "digits", "--shift", "out_of_support", "--models", "cnn:small",
-           "--strategies", "ft", "--store", config.store, "--pretrained", info["pretrained"],
+           "--strategies", "ft", "--store", config.store.root, "--pretrained", info["pretrained"],
            "--no-control", "--epochs", "1", "--batch-size", "128", "--weight-decay", "0.05", "--lr-grid", "3e-3,1e-4",
            "--copies", "1", "--device", "cpu"]
     # The same FT recipe as the flow above: every run is found done, only predictions/report are refreshed.

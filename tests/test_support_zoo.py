@@ -77,11 +77,10 @@ def test_zoo_evaluate_predicts_each_model_on_each_split_then_reports_er_per_part
     """The split itself is tested by split-check; here a stored split (the true membership) is reused."""
     from askshift.flows.split import SplitConfig
     from askshift.flows.zoo import ZooConfig, zoo_evaluate
-    from askshift.lib.store import Store
 
     spec, weights, truth, folder = zoo_data
     split = SplitConfig(spec=spec, store=str(folder / "store"))
-    exp = Store(split.store).experiment("zoo-check")
+    exp = split.store.experiment("zoo-check")
     exp.write_subsplit("shifted_val", pl.DataFrame({"index": np.arange(truth.size),
                                                     "support": np.where(truth, "out", "in")}))
     config = ZooConfig(split=split, baseline_models=TINY_TIMM[:3], pretrained_models=TINY_TIMM[3:],

@@ -168,13 +168,14 @@ def _finished(served, flow_run_id: str, timeout: float = 300) -> dict:
 def test_custom_run_form_shows_the_config_fields_with_help_and_the_execution_choice(served_ui, browser):
     deployment = served_ui["deployments"]["baseline"]
     # The form shows the absolute store askshift serve resolved (not a relative "store").
-    assert deployment["parameters"]["config"]["store"] == str(served_ui["base"] / "store")
+    assert deployment["parameters"]["config"]["store"]["root"] == str(served_ui["base"] / "store")
     browser.open(f"{served_ui['url']}/deployments/deployment/{deployment['id']}/run")
     browser.wait_for("document.body.innerText.includes('Train Fractions') "
                      "&& document.body.innerText.includes('Dask Workers')")
     text = browser.text()
     for words in ("Dataset", "Shift", "Train Fractions", "fractions of source_train, each more than 0 and at most 1",
-                  "execution", "Backend", "Profile", "Dask Workers", "Submit"):
+                  "execution", "Backend", "Profile", "Dask Workers", "Submit",
+                  "Root", "Cache Dir", "default STORE/_cache"):  # the store section: StoreOptions
         assert words in text, words
     assert "STORE//" not in text and "STORE/EXPERIMENT/" in text  # no description eaten as HTML
 
@@ -201,8 +202,8 @@ def test_the_run_page_lists_its_result_and_the_report_renders_its_plots(served_u
 
     store = served_ui["base"] / "store"  # ./store of the serve folder: the default store, so no hash in keys
     make_experiment(store / "tiny")
-    typed = _start_run(served_ui, "report", {"config": {"store": str(store), "experiment": "tiny"}}, name="tint study 3")
-    plain = _start_run(served_ui, "report", {"config": {"store": str(store), "experiment": "tiny"}})
+    typed = _start_run(served_ui, "report", {"config": {"store": {"root": str(store)}, "experiment": "tiny"}}, name="tint study 3")
+    plain = _start_run(served_ui, "report", {"config": {"store": {"root": str(store)}, "experiment": "tiny"}})
     typed_run, plain_run = _finished(served_ui, typed), _finished(served_ui, plain)
     assert typed_run["state"]["type"] == plain_run["state"]["type"] == "COMPLETED"
     assert typed_run["name"] == "tint study 3"  # the name typed in the form is kept

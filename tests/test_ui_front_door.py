@@ -72,11 +72,12 @@ BAD_FORMS = [
     ("finetune", {"config": {"models": ["nosuch"]}}),
     ("finetune", {"config": {"preset": "nosuch"}}),
     ("finetune", {"config": {"seed": -1}}),
-    ("report", {"config": {"store": "/s", "experiment": "e", "er": {"scale": "linear"}}}),
-    ("report", {"config": {"store": "/s", "experiment": "e", "er": {"metric": "nosuch"}}}),
-    ("report", {"config": {"store": "/s", "experiment": "e", "er": {"fit_range": [0.5, 1.5]}}}),
-    ("report", {"config": {"store": "/s", "experiment": "e", "er": {"bootstrap": -1}}}),
-    ("report", {"config": {"store": "/s"}}),
+    ("report", {"config": {"store": {"root": "/s"}, "experiment": "e", "er": {"scale": "linear"}}}),
+    ("report", {"config": {"store": {"root": "/s"}, "experiment": "e", "er": {"metric": "nosuch"}}}),
+    ("report", {"config": {"store": {"root": "/s"}, "experiment": "e", "er": {"fit_range": [0.5, 1.5]}}}),
+    ("report", {"config": {"store": {"root": "/s"}, "experiment": "e", "er": {"bootstrap": -1}}}),
+    ("report", {"config": {"store": {"root": "/s"}}}),
+    ("report", {"config": {"store": "/s", "experiment": "e"}}),  # a store is a form section (root, cache_dir)
     ("demo", {"config": {"baseline_fractions": [2.0]}}),
     ("demo", {"config": {"seed": -1}}),
 ]
@@ -137,10 +138,12 @@ def test_configs_check_registry_names_with_one_clear_line(values, words):
 def test_serve_makes_relative_stores_absolute(tmp_path):
     from askshift.flows.deployments import absolute_stores
 
-    given = {"config": {"store": "store", "finetune": {"store": "sub/s"}}, "store": "/abs/s", "experiment": "x"}
+    given = {"config": {"store": {"root": "store", "cache_dir": "c"}, "finetune": {"store": "sub/s"}},
+             "store": {"root": "/abs/s", "cache_dir": None}, "experiment": "x"}
     assert absolute_stores(given, tmp_path) == {
-        "config": {"store": str(tmp_path / "store"), "finetune": {"store": str(tmp_path / "sub" / "s")}},
-        "store": "/abs/s", "experiment": "x"}
+        "config": {"store": {"root": str(tmp_path / "store"), "cache_dir": str(tmp_path / "c")},
+                   "finetune": {"store": {"root": str(tmp_path / "sub" / "s")}}},
+        "store": {"root": "/abs/s", "cache_dir": None}, "experiment": "x"}
 
 
 # --- names and keys -------------------------------------------------------------------------------------------------

@@ -128,7 +128,6 @@ def test_zoo_evaluate_on_a_200_class_style_set_restricts_and_masks_the_reference
     from askshift.flows.zoo import ZooConfig, zoo_evaluate
     from askshift.lib.data.datasets import imagenet_wnids
     from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
-    from askshift.lib.store import Store
 
     wnids = imagenet_wnids()
     reference = _wnid_tree(tmp_path / "a", tmp_path / "v2", ["1", "5", "7", "9"], 3, seed=0)
@@ -163,7 +162,7 @@ def test_zoo_evaluate_on_a_200_class_style_set_restricts_and_masks_the_reference
     for _, loader_config in loaders:
         assert (loader_config.decoder, loader_config.resolution) == ("center_crop", 32)
         assert loader_config.center_crop_ratio == pytest.approx(0.95) and not loader_config.flip
-    exp = Store(split.store).experiment("r-check")
+    exp = split.store.experiment("r-check")
     for name in ("source_val", "r_val"):
         predictions = exp.read_predictions("test_resnet.r160_in1k", name)
         assert set(predictions["label"].to_list()) == {5, 7} and predictions.height == 6  # 3 images of each class

@@ -76,10 +76,11 @@ def run(args: argparse.Namespace) -> int:
 
     check_store(args.store)
     from askshift.flows.demo_config import DemoConfig
+    from askshift.lib.store import StoreOptions
 
-    configs = [DemoConfig.make(quick=args.quick, seed=seed, store=args.store) for seed in seeds]
+    configs = [DemoConfig.make(quick=args.quick, seed=seed, store=StoreOptions(root=args.store)) for seed in seeds]
     try:
-        configs[0].store_root().mkdir(parents=True, exist_ok=True)
+        configs[0].store.resolved_root().mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CliError(f"cannot create the store folder {args.store}: {exc.strerror}; pass a writable --store DIR") from None
 
@@ -90,11 +91,10 @@ def run(args: argparse.Namespace) -> int:
 
     from askshift.flows.demo import demo
     from askshift.flows.demo_config import DEMO_EXPERIMENT, ER_TABLE, summary_lines
-    from askshift.lib.store import Store
 
     # Tiny convolutions on 32x32 images gain little from many intra-op threads; two are what the target machine has.
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    exp = Store(configs[0].store).experiment(DEMO_EXPERIMENT)
+    exp = configs[0].store.experiment(DEMO_EXPERIMENT)
     tables, reports, budgets = {}, {}, {}
     for config in configs:
         if len(configs) > 1:

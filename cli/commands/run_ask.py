@@ -80,6 +80,7 @@ def build_config(args: argparse.Namespace):
     from askshift.flows.ask import TARGET, AskConfig
     from askshift.lib.data.specs import DistributionSpec, ExperimentSpec
     from askshift.lib.registry import UnknownNameError
+    from askshift.lib.store import StoreOptions
     from askshift.lib.support.ratios import SupportInputError, check_epsilons
 
     try:
@@ -94,8 +95,9 @@ def build_config(args: argparse.Namespace):
                               description=f"ask: {args.shifted_root} against {args.reference}",
                               reference=reference, targets={TARGET: shifted})
         classifier = classifier_from_args(args)
-        split: dict[str, Any] = dict(spec=spec, classifier=classifier, folds=args.folds, store=args.store,
-                                     experiment=spec.name, cache_dir=args.cache_dir, device=args.device, seed=args.seed)
+        split: dict[str, Any] = dict(spec=spec, classifier=classifier, folds=args.folds,
+                                     store=StoreOptions(root=args.store, cache_dir=args.cache_dir),
+                                     experiment=spec.name, device=args.device, seed=args.seed)
         if epsilon is not None:
             split["epsilon"] = epsilon
         if args.estimate_er and args.models_from:
@@ -105,9 +107,7 @@ def build_config(args: argparse.Namespace):
                            estimate_er=args.estimate_er)
         check_split_inputs(config.split)
         if args.models_from:
-            from askshift.lib.store import Store
-
-            source = Store(args.store).experiment(args.models_from)
+            source = config.split.store.experiment(args.models_from)
             if not (source.root / "models").is_dir():
                 raise CliError(f"--models-from {args.models_from}: no trained models in {source.root} (run "
                                f"`askshift run baseline` / `run finetune` on the reference data first)")

@@ -48,8 +48,8 @@ def _read_config_file(path: str) -> dict[str, Any]:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    fields = ["dataset", "shift", "store", "epochs", "root", "experiment", "model", "lr", "batch_size", "device",
-              "cache_dir", "resolution", *_LIST_FIELDS]
+    fields = ["dataset", "shift", "epochs", "root", "experiment", "model", "lr", "batch_size", "device", "resolution",
+              *_LIST_FIELDS]
     values = {}
     for field in fields:
         value = getattr(args, field, None)
@@ -64,6 +64,23 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _with_store_flags(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """--store and --cache-dir over the config file's store settings (``store: PATH``, a ``store:`` mapping of root
+    and cache_dir, or a top-level ``cache_dir``)."""
+    flags = {key: getattr(args, flag, None) for key, flag in (("root", "store"), ("cache_dir", "cache_dir"))}
+    flags = {key: value for key, value in flags.items() if value is not None}
+    if not flags:
+        return data
+    from askshift.flows.baseline import BaselineConfig
+    from askshift.lib.store import fold_store_input
+
+    data = fold_store_input(BaselineConfig, data)
+    given = data.get("store") or {}
+    if isinstance(given, dict):  # anything else: the validation error names it
+        data["store"] = {**given, **flags}
+    return data
+
+
 def build_config(args: argparse.Namespace):
     """BaselineConfig from --config FILE plus flags; every user error becomes a CliError before any compute."""
     from pydantic import ValidationError
@@ -72,6 +89,7 @@ def build_config(args: argparse.Namespace):
 
     data = _read_config_file(args.config) if getattr(args, "config", None) else {}
     data.update(_overrides(args))
+    data = _with_store_flags(data, args)
     try:
         config = BaselineConfig.model_validate(data)
     except ValidationError as exc:
@@ -103,7 +121,7 @@ def _check_names(config) -> None:
     from askshift.lib.data.specs import check_spec_data
 
     try:
-        check_spec_data(spec, config.resolved_cache_dir())
+        check_spec_data(spec, str(config.store.resolved_cache_dir()))
     except (OSError, ValueError) as exc:  # DatasetLayoutError is an OSError
         raise fail(exc) from None
 

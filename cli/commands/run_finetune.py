@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from askshift.cli.main import CliError, fail
-from askshift.lib.store import Store
+from askshift.lib.store import StoreOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +110,7 @@ def build_config(args: argparse.Namespace):
     from askshift.lib.models.strategies import PRESETS
     from askshift.lib.registry import UnknownNameError
 
+    store = StoreOptions(root=args.store, cache_dir=args.cache_dir)
     try:
         preset = PRESETS.get(args.preset).name if args.preset else None
         models = _split_list(args.models) or ([PRESETS.get(preset).model] if preset else ["cnn:small"])
@@ -121,12 +122,12 @@ def build_config(args: argparse.Namespace):
         from askshift.lib.data.specs import check_spec_data
 
         check_spec_data(get_spec(args.shift, dataset=args.dataset, root=args.root),
-                        str(Store(args.store).cache_dir(args.cache_dir)))
+                        str(store.resolved_cache_dir()))
     except (UnknownNameError, FinetuneInputError, PretrainedUnavailable, ValueError, OSError) as exc:
         raise fail(exc) from None
     data = {
-        "dataset": args.dataset, "shift": args.shift, "root": args.root, "store": args.store,
-        "experiment": args.experiment, "cache_dir": args.cache_dir, "preset": preset, "models": tuple(models),
+        "dataset": args.dataset, "shift": args.shift, "root": args.root, "store": store,
+        "experiment": args.experiment, "preset": preset, "models": tuple(models),
         "strategies": tuple(strategies), "same_arch_control": not args.no_control,
         "pretrained": _pretrained(args.pretrained, models), "hparams": hparams, "seed": args.seed,
         "dfr_split": args.dfr_split, "device": args.device, "resolution": args.resolution,

@@ -32,7 +32,7 @@ def build_config(args: argparse.Namespace):
     from askshift.flows.report import ReportConfig
     from askshift.lib.robustness.lines import SCALES, ERInputError, parse_fit_range
     from askshift.lib.robustness.metrics import METRICS
-    from askshift.lib.store import Store
+    from askshift.lib.store import StoreOptions
 
     try:
         fit_range = parse_fit_range(args.fit_range)
@@ -46,14 +46,15 @@ def build_config(args: argparse.Namespace):
         raise CliError("--bootstrap and --bootstrap-examples take a number of resamples >= 0")
     if args.bootstrap_examples and args.metric != "accuracy":
         raise CliError(f"--bootstrap-examples resamples per-example correctness: it needs --metric accuracy, not {args.metric!r}")
-    exp = Store(args.store).experiment(args.experiment)
+    store = StoreOptions(root=args.store)
+    exp = store.experiment(args.experiment)
     if not exp.root.is_dir():
         raise CliError(f"no experiment {args.experiment!r} in store {args.store} (expected folder {exp.root})")
     er = {"fit_range": fit_range, "scale": args.scale, "metric": args.metric, "baseline_group": args.baseline_group,
           "bootstrap": args.bootstrap, "binomial": args.binomial, "bootstrap_examples": args.bootstrap_examples,
           "seed": args.seed}
     try:
-        return ReportConfig(store=args.store, experiment=args.experiment, er=er)
+        return ReportConfig(store=store, experiment=args.experiment, er=er)
     except ValidationError as exc:
         raise fail(exc, "report") from None
 

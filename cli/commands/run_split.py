@@ -109,7 +109,7 @@ def check_split_inputs(config) -> None:
     from askshift.lib.support.classifier import domain_decoding, load_domain_data
 
     check_run(config)
-    check_spec_data(config.spec, config.resolved_cache_dir())
+    check_spec_data(config.spec, str(config.store.resolved_cache_dir()))
     for target in config.target_names():
         load_domain_data(config.setup(target))  # classes, sizes and folds are checked here
         domain_decoding(config.setup(target))  # both sides decodable alike at these settings
@@ -121,6 +121,7 @@ def build_config(args: argparse.Namespace):
 
     from askshift.flows.split import SplitConfig
     from askshift.lib.registry import UnknownNameError
+    from askshift.lib.store import StoreOptions
     from askshift.lib.support.ratios import EPSILONS, SupportInputError, check_epsilons
 
     try:
@@ -129,8 +130,8 @@ def build_config(args: argparse.Namespace):
         spec = _spec(args)
         classifier = classifier_from_args(args)
         fields: dict[str, Any] = dict(spec=spec, classifier=classifier, folds=args.folds, epsilons=epsilons,
-                                      store=args.store, experiment=args.experiment, cache_dir=args.cache_dir,
-                                      device=args.device, seed=args.seed,
+                                      store=StoreOptions(root=args.store, cache_dir=args.cache_dir),
+                                      experiment=args.experiment, device=args.device, seed=args.seed,
                                       bootstrap_examples=args.bootstrap_examples)
         if epsilon is not None:
             fields["epsilon"] = epsilon

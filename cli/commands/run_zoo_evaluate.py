@@ -210,7 +210,6 @@ def er_lines(rows: list[dict[str, Any]], messages: dict[str, str]) -> list[str]:
 def execute(args: argparse.Namespace, task_runner: Any) -> int:
     config = getattr(args, "prepared", None) or build_config(args)  # checked before the server started
     from askshift.flows.zoo import zoo_evaluate
-    from askshift.lib.store import Store
 
     runner = zoo_evaluate if task_runner is None else zoo_evaluate.with_options(task_runner=task_runner)
     results = runner(config)
@@ -225,7 +224,7 @@ def execute(args: argparse.Namespace, task_runner: Any) -> int:
             print(f"{result['split']}:")
         for line in er_lines(result.get("er", []), result.get("messages", {})):
             print(line)
-    print(Store(split.store).experiment(split.experiment_name()).root)
+    print(split.store.experiment(split.experiment_name()).root)
     return 0
 
 

@@ -52,7 +52,7 @@ def check(seed: int, store: str, keep: bool = True) -> float:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from askshift.flows.split import SplitConfig, split_shift
-    from askshift.lib.store import Store
+    from askshift.lib.store import StoreOptions
     from askshift.lib.support.known_answer import (
         CHECK_EPSILON,
         CHECK_FOLDS,
@@ -67,7 +67,8 @@ def check(seed: int, store: str, keep: bool = True) -> float:
     from askshift.lib.support.ratios import EPSILONS
 
     name = f"split-check-seed{seed}"
-    exp = Store(store).experiment(name)
+    options = StoreOptions(root=store)
+    exp = options.experiment(name)
     say(f"building the mixture (seed {seed})")
     mixture = build_mixture(MixtureConfig(seed=seed))
     npz = write_mixture(mixture, exp.root / "mixture.npz")
@@ -75,7 +76,7 @@ def check(seed: int, store: str, keep: bool = True) -> float:
         f"{len(mixture.shifted_labels)} digits, {int(mixture.out_of_support.sum())} of them out-of-support "
         f"(unseen colours)")
     config = SplitConfig(spec=mixture_spec(npz, name), classifier=check_classifier(seed), folds=CHECK_FOLDS,
-                         epsilon=CHECK_EPSILON, store=store, experiment=name, seed=seed, device="cpu",
+                         epsilon=CHECK_EPSILON, store=options, experiment=name, seed=seed, device="cpu",
                          examples_per_row=8)
     say(f"running the split flow: {CHECK_FOLDS}-fold cross-fitting of a {config.classifier.model} domain "
         f"classifier, learning rates {', '.join(f'{lr:g}' for lr in config.classifier.lrs)}")
