@@ -32,6 +32,14 @@ def true_er(exp, reference_split: str, split: str, sub_split: str | None) -> dic
     return dict(effective_robustness(pairs).groups.select("group", "effective_robustness").iter_rows())
 
 
+def kind(part: str, membership) -> str:
+    """in / out for a part of one support, mixed for the whole of a mixed shift."""
+    if part != "all":
+        return part.split("_")[0]
+    values = set(membership["support"].to_list())
+    return values.pop() if len(values) == 1 else "mixed"
+
+
 def rows_for(exp, split: str, membership, parts: dict[str, str | None], label: str) -> list[dict]:
     import polars as pl
 
@@ -47,9 +55,29 @@ def rows_for(exp, split: str, membership, parts: dict[str, str | None], label: s
             found = estimate["table"].filter((pl.col("part") == part) & (pl.col("group") == group))
             er = dict(found.select("method", "effective_robustness").iter_rows())
             rows.append({"shift": label, "part": part, "group": group, "true": truth.get(group),
-                         "atc": er.get("atc"), "agreement": er.get("agreement"), "r": line.get("r"),
-                         "lead": estimate["headline"].get(part, ("-",))[0]})
+                         "atc": er.get("atc"), "atc_bounded": er.get("atc_bounded"),
+                         "agreement": er.get("agreement"), "r": line.get("r"),
+                         "lead": estimate["headline"].get(part, ("-",))[0], "kind": kind(part, membership)})
     return rows
+
+
+def summary(rows: list[dict]) -> str:
+    """Per kind of part (in-support, out-of-support): how often each method and the lead get the sign of the true ER,
+    and their mean absolute error in points."""
+    out = []
+    for kind in ("in", "out"):
+        chosen = [r for r in rows if r["true"] is not None and r["kind"] == kind]
+        if not chosen:
+            continue
+        parts = []
+        for method in ("atc", "atc_bounded", "agreement", "lead"):
+            pairs = [(r["true"], r[r["lead"]] if method == "lead" else r[method]) for r in chosen]
+            pairs = [(t, e) for t, e in pairs if e is not None]
+            signs = sum((t > 0) == (e > 0) for t, e in pairs)
+            error = 100 * sum(abs(t - e) for t, e in pairs) / max(len(pairs), 1)
+            parts.append(f"{method} sign {signs}/{len(pairs)}, error {error:.1f}")
+        out.append(f"{kind}-support ({len(chosen)} cases): " + "; ".join(parts))
+    return "\n".join(out)
 
 
 def main() -> int:
@@ -84,13 +112,14 @@ def main() -> int:
     if args.csv:
         pl.DataFrame(rows).with_columns(pl.lit(args.seed).alias("seed")).write_csv(args.csv)
     print(f"seed {args.seed}, store {args.store}: ER in points (true = with the shifted labels)")
-    print(f"{'shift':<26} {'part':<15} {'group':<6} {'true':>7} {'ATC':>7} {'ALine-D':>8} {'r':>6}  lead")
+    print(f"{'shift':<26} {'part':<15} {'group':<6} {'true':>7} {'ATC':>7} {'bounded':>8} {'ALine-D':>8} {'r':>6}  lead")
     for r in rows:
         def pts(x):
             return f"{100 * x:+7.1f}" if x is not None else f"{'-':>7}"
         r_text = f"{r['r']:6.2f}" if r["r"] is not None else f"{'-':>6}"
         print(f"{r['shift']:<26} {r['part']:<15} {r['group']:<6} {pts(r['true'])} {pts(r['atc'])} "
-              f"{pts(r['agreement']):>8} {r_text}  {r['lead']}")
+              f"{pts(r['atc_bounded']):>8} {pts(r['agreement']):>8} {r_text}  {r['lead']}")
+    print(summary(rows))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The ask report's label-free ER: ATC and ALine-D per part, which one leads, and how the section shows them."""
+"""The ask report's label-free ER: ATC, ATC within the class bound and ALine-D per part, which one leads, and how the section shows them."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +8,7 @@ from simulated_zoo import gaussian_set, linear_model
 
 from askshift.lib.report.ask import (
     HEADLINE_RULE,
+    MIN_BINDING_SHARE,
     MIN_LEAD_MODELS,
     _er_lines,
     estimate_er_per_part,
@@ -21,18 +22,21 @@ def line(r: float = 0.95, models: int = 13) -> AgreementLine:
     return AgreementLine(slope=0.8, intercept=-0.2, r=r, n_pairs=models * (models - 1) // 2, n_models=models)
 
 
-@pytest.mark.parametrize("part, agreement_line, out_share, lead", [
-    ("in_support", line(), 0.0, "atc"),
-    ("out_of_support", line(), 1.0, "agreement"),
-    ("out_of_support", line(r=0.3), 1.0, "agreement"),  # weak: still leads, with the caution in its row
-    ("out_of_support", line(models=MIN_LEAD_MODELS - 1), 1.0, "atc"),
-    ("out_of_support", None, 1.0, "atc"),
-    ("all", line(), 0.6, "agreement"),
-    ("all", line(), 0.2, "atc"),
+@pytest.mark.parametrize("part, agreement_line, out_share, binding, lead", [
+    ("in_support", line(), 0.0, 0.9, "atc"),  # in-support: ATC, whatever the bound does
+    ("out_of_support", line(), 1.0, 0.0, "agreement"),
+    ("out_of_support", line(r=0.3), 1.0, 0.0, "agreement"),  # weak: still leads, with the caution in its row
+    ("out_of_support", line(models=MIN_LEAD_MODELS - 1), 1.0, 0.0, "atc"),
+    ("out_of_support", None, 1.0, 0.0, "atc"),
+    ("out_of_support", line(), 1.0, MIN_BINDING_SHARE, "atc_bounded"),  # predictions pile up: the bound leads
+    ("out_of_support", None, 1.0, 0.7, "atc_bounded"),
+    ("all", line(), 0.6, 0.0, "agreement"),
+    ("all", line(), 0.6, 0.8, "atc_bounded"),
+    ("all", line(), 0.2, 0.8, "atc"),
 ])
-def test_headline_is_atc_in_support_and_agreement_out_of_support_with_enough_models(part, agreement_line, out_share,
-                                                                                     lead):
-    method, why = headline_method(part, agreement_line, out_share)
+def test_headline_is_atc_in_support_and_the_bound_or_agreement_out_of_support(part, agreement_line, out_share,
+                                                                              binding, lead):
+    method, why = headline_method(part, agreement_line, out_share, binding)
     assert method == lead and why
 
 
@@ -61,12 +65,15 @@ def half_shifted_store(tmp_path_factory):
 def test_estimate_er_per_part_gives_both_methods_and_leads_each_part_by_its_support(half_shifted_store):
     er = half_shifted_store
     table = er["table"]
-    assert set(table["method"]) == {"atc", "agreement"} and set(table["part"]) == {"all", "in_support",
+    assert set(table["method"]) == {"atc", "atc_bounded", "agreement"} and set(table["part"]) == {"all", "in_support",
                                                                                  "out_of_support"}
     assert {part: lead for part, (lead, _) in er["headline"].items()} == {
         "all": "agreement", "in_support": "atc", "out_of_support": "agreement"}  # 'all' is half out: agreement
     leads = table.filter(pl.col("headline"))
     assert leads.height == 3 and set(leads["group"]) == {"ft"}
+    # The simulated models keep the class proportions on the shifted images: the class bound caps none of them.
+    bounded = table.filter(pl.col("method") == "atc_bounded").sort("part", "group")["effective_robustness"]
+    assert bounded.to_list() == table.filter(pl.col("method") == "atc").sort("part", "group")["effective_robustness"].to_list()
     assert set(er["lines"]) == {"all", "in_support", "out_of_support"}
     assert er["lines"]["out_of_support"]["n_models"] == 14 and not er["messages"]
 

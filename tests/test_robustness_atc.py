@@ -136,3 +136,35 @@ def test_atc_estimates_name_models_without_shifted_logits():
     with pytest.raises(ValueError, match="without shifted logits: b"):
         atc.atc_estimates({"a": (logits, np.zeros(3)), "b": (logits, np.zeros(3))}, {"a": logits},
                           {"a": "baseline", "b": "baseline"})
+
+
+def test_class_prior_bound_is_the_overlap_of_predicted_and_true_class_shares():
+    prior = np.full(4, 0.25)
+    collapsed = np.tile([5.0, 0.0, 0.0, 0.0], (100, 1))  # every image sent to class 0
+    assert atc.class_prior_bound(collapsed, prior) == pytest.approx(0.25)
+    spread = np.eye(4)[np.arange(100) % 4] * 5  # predicted shares equal the prior: no bound
+    assert atc.class_prior_bound(spread, prior) == pytest.approx(1.0)
+    piled = np.eye(4)[np.r_[np.zeros(52, int), np.arange(48) % 4]] * 5  # 64% class 0, 12% each other class
+    assert atc.class_prior_bound(piled, prior) == pytest.approx(0.25 + 3 * 0.12)
+    for bad in (np.full(3, 1 / 3), np.array([0.5, 0.5, 0.5, -0.5]), np.full(4, 0.3)):
+        with pytest.raises(ValueError, match="prior"):
+            atc.class_prior_bound(spread, bad)
+
+
+def test_bounded_atc_catches_a_confidently_wrong_model_that_atc_misses():
+    """On the shifted set the model sends every image to one class with high confidence: ATC reads its confidence
+    (near-perfect accuracy), the class bound reads its predictions (at most one class's share); the truth is that
+    share.  A model that keeps the class proportions is not changed."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 5, 2000)
+    reference_logits = 4.0 * np.eye(5)[labels] + rng.normal(size=(2000, 5))
+    shifted_labels = rng.integers(0, 5, 2000)
+    collapsed = np.c_[np.full(2000, 9.0), rng.normal(size=(2000, 4))]
+    truth = float((collapsed.argmax(1) == shifted_labels).mean())
+    reference = {"m": (reference_logits, labels), "same": (reference_logits, labels)}
+    shifted = {"m": collapsed, "same": reference_logits}
+    groups = {"m": "ft", "same": "baseline"}
+    plain = dict(atc.atc_estimates(reference, shifted, groups).select("model", "shifted_accuracy").iter_rows())
+    bounded = dict(atc.bounded_atc_estimates(reference, shifted, groups).select("model", "shifted_accuracy").iter_rows())
+    assert plain["m"] > 0.9 and abs(bounded["m"] - truth) < 0.03
+    assert bounded["same"] == plain["same"]

@@ -146,6 +146,34 @@ def atc_estimates(reference: Mapping[str, tuple[np.ndarray, np.ndarray]], shifte
     }, schema=ESTIMATE_SCHEMA)
 
 
+def class_prior_bound(logits: np.ndarray, prior: np.ndarray) -> float:
+    """The most accuracy a model's predictions allow when the shifted set keeps the reference's class proportions:
+    at most min(predicted share, true share) of the examples can be correct for each class, so the accuracy is at
+    most the sum over classes of min(p̂_c, prior_c) = 1 - TV(p̂, prior).  A model that sends most shifted images to
+    one class (confidently wrong, as on colours it never saw) is bounded near that class's share, whatever its
+    confidence says; a model whose predictions keep the proportions is not bounded at all.  Under label shift
+    (other class proportions) the bound is wrong, which is why it leads on out-of-support images only."""
+    logits = _check_logits(logits, "class_prior_bound")
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != (logits.shape[1],) or (prior < 0).any() or not np.isclose(prior.sum(), 1.0):
+        raise ValueError(f"prior must be {logits.shape[1]} non-negative class shares summing to 1, got {prior}")
+    predicted = np.bincount(logits.argmax(axis=1), minlength=prior.size) / logits.shape[0]
+    return float(np.minimum(predicted, prior).sum())
+
+
+def bounded_atc_estimates(reference: Mapping[str, tuple[np.ndarray, np.ndarray]], shifted: Mapping[str, np.ndarray],
+                          groups: Mapping[str, str], score: Score = "max_softmax") -> pl.DataFrame:
+    """ATC's estimates, each capped by :func:`class_prior_bound` with the class shares of the model's labelled
+    reference set (the same table as :func:`atc_estimates`)."""
+    table = atc_estimates(reference, shifted, groups, score)
+    bounds = []
+    for model in table["model"]:
+        logits, labels = reference[model]
+        prior = np.bincount(np.asarray(labels), minlength=np.asarray(logits).shape[1]) / len(labels)
+        bounds.append(class_prior_bound(shifted[model], prior))
+    return table.with_columns(pl.min_horizontal("shifted_accuracy", pl.Series(bounds)).alias("shifted_accuracy"))
+
+
 def label_free_er(estimates: pl.DataFrame, baseline_group: str = "baseline", scale: str = "probit",
                   **options) -> ERResult:
     """Effective robustness with every shifted accuracy an ATC estimate, the baselines' included.
@@ -166,5 +194,5 @@ def label_free_er(estimates: pl.DataFrame, baseline_group: str = "baseline", sca
 
 __all__ = [
     "SCORES", "ESTIMATE_SCHEMA", "ATCModel", "confidence_scores", "fit_threshold", "estimate_accuracy", "fit_atc_model",
-    "atc_estimates", "label_free_er",
+    "atc_estimates", "bounded_atc_estimates", "class_prior_bound", "label_free_er",
 ]
