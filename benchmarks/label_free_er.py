@@ -17,7 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SHIFTS = ("out_of_support/tint_val", "tint_p=0.5/tint_val")
+# The demo's main shifts (unseen tint, vertical flip, spurious tint p=0.5, class proportions p=0.2): PRESET/SPLIT.
+SHIFTS = ("out_of_support/tint_val", "out_of_support/vflip_val", "tint_p=0.5/tint_val", "label_p=0.2/label_val")
 
 
 def true_er(exp, reference_split: str, split: str, sub_split: str | None) -> dict[str, float]:

@@ -5,8 +5,8 @@ The paper's answer needs no labels for the shifted data: split the shift into th
 classifier; pre-training raised effective robustness on out-of-support shifts, not on in-support ones.  The
 verdict follows from the classifier's AUROC and the out-of-support share (``askshift.lib.support.evidence``); the
 report gives the evidence (reliability, the share over ε with an interval, example grids, a nearest-neighbour
-second opinion) and, when trained models exist, a label-free ER estimate per part (average thresholded confidence
-and agreement-on-the-line).
+second opinion) and, when trained models exist, a label-free ER estimate per part (average thresholded confidence,
+the same within the class-proportion bound, and agreement-on-the-line).
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from askshift.flows.backends import on_caller_backend
-from askshift.flows.finetune import FinetuneConfig, pretrained_finetune
+from askshift.flows.finetune import FinetuneConfig, check_config, pretrained_finetune
 from askshift.flows.naming import ask_name, run_name
 from askshift.flows.split import SplitConfig, split_one_target
+from askshift.lib.data.datasets import dataset_info
 from askshift.lib.report.ask import ask_report, estimate_er_per_part, models_with_reference_predictions
 from askshift.lib.store import atomic_write_text
 from askshift.lib.support.classifier import load_domain_data, position_images
@@ -46,25 +47,40 @@ class AskConfig(BaseModel):
                                 "nearest reference neighbour is farther than this quantile of the reference's own")
     examples: int = Field(8, ge=1, le=32, description="images per row of the example grids")
     estimate_er: bool = Field(False, description="when the store holds no trained models for the label-free ER: "
-                              "train them first in the ask experiment (the finetune flow with its defaults for the "
-                              "device: from-scratch baselines, then fine-tuned pre-trained models)")
+                              "train them first in the ask experiment (the finetune flow with its defaults: "
+                              "from-scratch baselines, then cnn:small fine-tuned from its local glyph pre-training)")
+
+
+def estimate_config(config: AskConfig, shift: str, experiment: str | None = None) -> FinetuneConfig:
+    """The finetune flow's config behind ``--estimate-er``: its defaults, on the ask's reference data and store."""
+    split = config.split
+    return FinetuneConfig(dataset=split.spec.reference.dataset, shift=shift, root=split.spec.reference.root,
+                          store=split.store.resolved(), experiment=experiment, device=split.device, seed=split.seed,
+                          report=False)
+
+
+def check_estimate_inputs(config: AskConfig) -> None:
+    """What ``--estimate-er`` needs, checked before any compute (raises one line): a reference with labels to train
+    on, and a fine-tuning config that validates (the spec file it will read is written when the run starts)."""
+    reference = config.split.spec.reference.dataset
+    if not dataset_info(reference).labelled:
+        raise ValueError(f"--estimate-er trains models on the reference data, and dataset {reference!r} has no labels: "
+                         "use a labelled reference (e.g. imagefolder) or drop --estimate-er")
+    check_config(estimate_config(config, shift="out_of_support"))  # names, device, recipe: the same checks
 
 
 def train_models_for_estimate(config: AskConfig, exp, log) -> None:
     """``--estimate-er`` without models: the finetune flow (baselines first, then the pre-trained groups) on the ask
     spec, in the ask experiment; the shifted images are predicted but never scored (they have no labels)."""
-    split = config.split
     spec_path = exp.root / "ask_spec.json"
-    atomic_write_text(spec_path, split.spec.model_dump_json(indent=2))
+    atomic_write_text(spec_path, config.split.spec.model_dump_json(indent=2))
     log("label-free ER: no trained models yet (--estimate-er): training baselines and fine-tuned models on the "
         "reference data")
-    on_caller_backend(pretrained_finetune)(FinetuneConfig(
-        dataset=split.spec.reference.dataset, shift=str(spec_path), root=split.spec.reference.root,
-        store=split.store.resolved(), experiment=exp.name, device=split.device, seed=split.seed, report=False))
+    on_caller_backend(pretrained_finetune)(estimate_config(config, str(spec_path), exp.name))
 
 
 def label_free_er(config: AskConfig, exp, log) -> dict[str, Any] | None:
-    """Label-free estimates (ATC and ALine-D) of every model of ``models_from`` on the shifted images, per part; None
+    """Label-free estimates (ATC, ATC within the class bound, ALine-D) of every model of ``models_from`` on the shifted images, per part; None
     without models."""
     store = str(config.split.store.resolved_root())
     source = config.split.store.experiment(config.models_from) if config.models_from else exp
@@ -119,4 +135,4 @@ def ask(config: AskConfig) -> dict[str, Any]:
     return {**report.summary, "report": str(path), "artifact": key, "split": result["split"]}
 
 
-__all__ = ["AskConfig", "TARGET", "ask"]
+__all__ = ["AskConfig", "TARGET", "ask", "check_estimate_inputs", "estimate_config"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Sequence
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from askshift.lib.robustness.wording import group_verdict
 from askshift.lib.store import StoreOptions, content_hash, store_options_validator
@@ -130,7 +130,11 @@ class DemoConfig(BaseModel):
         """Empty variant settings take the full demo's values, or the quick one's when ``quick`` is set."""
         if not isinstance(values, dict):
             return values
-        chosen = QUICK_OVERRIDES if str(values.get("quick", False)).lower() in ("true", "1") else FULL_VALUES
+        try:  # read `quick` as the field will be read ("yes", "on", 1, ...); a bad value fails on the field itself
+            quick = TypeAdapter(bool).validate_python(values.get("quick", False))
+        except ValidationError:
+            quick = False
+        chosen = QUICK_OVERRIDES if quick else FULL_VALUES
         return {**values, **{k: v for k, v in chosen.items() if values.get(k) is None}}
 
     seed: int = Field(0, ge=0, description="seeds baselines, fine-tuning copies, the mixture and the domain classifier")

@@ -252,7 +252,8 @@ def pretrained_finetune(config: FinetuneConfig) -> dict:
 
 # Settings that do not change what a group's models are (which groups run, how many copies, where, how fast).
 _RUN_ONLY_FIELDS = {"device", "num_workers", "eval_batch_size", "report", "store", "models", "strategies",
-                    "same_arch_control", "dfr_split", "baseline"}
+                    "same_arch_control", "dfr_split", "baseline",
+                    "cache_dir"}  # a top-level key of finetune.json written before StoreOptions
 
 
 def warn_if_mixing(exp, config: FinetuneConfig) -> None:

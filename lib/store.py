@@ -310,7 +310,7 @@ def fold_store_input(cls: type[BaseModel], values: Any) -> Any:
         store = {"root": default.root if isinstance(default, StoreOptions) else StoreOptions().root, **store}
     if cache_dir is not None:
         store = {**store, "cache_dir": os.fspath(cache_dir)}
-    values = {k: v for k, v in values.items() if k != "cache_dir"}
+    values = {k: v for k, v in values.items() if k not in ("cache_dir", "store")}
     if store:
         values["store"] = store
     return values

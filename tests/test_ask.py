@@ -69,6 +69,8 @@ def test_ask_refuses_bad_input_with_one_line_before_compute(tmp_path):
         (["--reference", "digits", "--shifted-root", str(tmp_path / "empty")], "no images"),
         (["--reference", "nosuch", "--shifted-root", str(tmp_path / "flat")], "unknown dataset"),
         (["--reference", "digits", "--shifted-root", str(tmp_path / "flat"), "--epsilon", "2"], "epsilon"),
+        (["--reference", "images", "--reference-root", str(tmp_path / "flat"), "--shifted-root", str(tmp_path / "flat"),
+          "--estimate-er"], "has no labels"),
     ]
     for args, words in cases:
         out = askshift("ask", *args, "--store", str(tmp_path / "store"), cwd=tmp_path)
@@ -251,6 +253,7 @@ def test_ask_estimate_er_trains_the_models_it_needs_then_estimates(tmp_path):
     assert refused.returncode == 2 and "give one of them" in refused.stderr.strip().splitlines()[-1]
     out = askshift(*args, "--estimate-er", cwd=tmp_path, timeout=1500)
     closing(out)
+    assert "training baselines" in out.stdout + out.stderr
     exp = ExperimentStore(next(store.glob("ask-*")))
     groups = exp.models()["group"].to_list()
     assert groups.count("baseline") >= 3 and {"ft", "lp-ft"} <= set(groups), groups

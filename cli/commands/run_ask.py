@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the ask experiment's own models, if any)")
     parser.add_argument("--estimate-er", action="store_true",
                         help="without trained models: train them first in the ask experiment (from-scratch "
-                             "baselines, then fine-tuned pre-trained models, as `askshift run finetune` does with its "
-                             "defaults for the device: cnn:small with its local glyph pre-training on CPU), then give "
+                             "baselines, then cnn:small fine-tuned from its local glyph pre-training, as `askshift run "
+                             "finetune` does with its defaults), then give "
                              "the label-free ER estimate. Minutes on CPU for small images; for CLIP or timm models run "
                              "`askshift run finetune` on the reference data and pass --models-from")
     parser.add_argument("--folds", type=int, default=10, help="cross-fitting folds (default 10)")
@@ -105,6 +105,10 @@ def build_config(args: argparse.Namespace):
                            "experiment's: give one of them")
         config = AskConfig(split=split, models_from=args.models_from, resamples=args.resamples,
                            estimate_er=args.estimate_er)
+        if args.estimate_er:
+            from askshift.flows.ask import check_estimate_inputs
+
+            check_estimate_inputs(config)
         check_split_inputs(config.split)
         if args.models_from:
             source = config.split.store.experiment(args.models_from)

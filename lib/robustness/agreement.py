@@ -42,19 +42,19 @@ import polars as pl
 from scipy import special
 
 from askshift.lib.robustness.atc import ESTIMATE_SCHEMA
+from askshift.lib.robustness.lines import MIN_R, get_scale
 
 MIN_MODELS = 3  # a pair per equation, one unknown per model: 3 models (a triangle of pairs) is the least that solves
-MIN_AGREEMENT_R = 0.9  # below: the agreement line is weak (the same bar as a weak accuracy line in er.py)
+MIN_AGREEMENT_R = MIN_R  # below: the agreement line is weak (the same bar as a weak accuracy line)
 PAIR_SCHEMA = {"model_a": pl.String, "model_b": pl.String, "reference_agreement": pl.Float64,
                "shifted_agreement": pl.Float64, "reference_n": pl.Int64, "shifted_n": pl.Int64,
                "used": pl.Boolean}
 
 
 def probit(rate, n) -> np.ndarray:
-    """Φ⁻¹ of a rate over ``n`` examples, clipped first to [1/(2n), 1 - 1/(2n)] (a rate of 0 or 1 has no probit)."""
-    rate = np.asarray(rate, dtype=np.float64)
-    eps = 0.5 / np.asarray(n, dtype=np.float64)
-    return special.ndtri(np.clip(rate, eps, 1 - eps))
+    """Φ⁻¹ of a rate over ``n`` examples, clipped first to [1/(2n), 1 - 1/(2n)] (a rate of 0 or 1 has no probit):
+    the accuracy line's own probit axis."""
+    return get_scale("probit").to_axis(rate, n)
 
 
 def predicted_classes(values, what: str) -> np.ndarray:
