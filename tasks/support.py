@@ -22,9 +22,23 @@ from askshift.tasks.loader_pool import LOADER_POOL
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.tags import GPU_TAG
 
+
+class TaskImageCache(DomainImageCache):
+    """The split tasks' image cache; pickled into a Dask worker as a reference to that process's own cache (see
+    ``askshift.tasks.loader_pool.TaskLoaderPool``)."""
+
+    def __reduce__(self):
+        return (process_image_cache, ())
+
+
+def process_image_cache() -> DomainImageCache:
+    """This process's image cache (what an unpickled reference to the tasks' cache becomes)."""
+    return DOMAIN_IMAGES
+
+
 # The folds and learning-rate points of a split, run as threads of one process, read the in-memory domain-classifier
 # images once; the two most recent sets are kept (the split flow's example grid reads them too).
-DOMAIN_IMAGES = DomainImageCache(max_entries=2)
+DOMAIN_IMAGES = TaskImageCache(max_entries=2)
 
 
 NEIGHBOUR_COLUMNS = ("nn_distance", "nn_position")
