@@ -80,8 +80,8 @@ def train_models_for_estimate(config: AskConfig, exp, log) -> None:
 
 
 def label_free_er(config: AskConfig, exp, log) -> dict[str, Any] | None:
-    """Label-free estimates (ATC, ATC within the class bound, ALine-D) of every model of ``models_from`` on the shifted images, per part; None
-    without models."""
+    """Label-free estimates (ATC, ATC within the class bound, ALine-D) of every model of ``models_from`` on the
+    shifted images, per part; None without models."""
     store = str(config.split.store.resolved_root())
     source = config.split.store.experiment(config.models_from) if config.models_from else exp
     models = models_with_reference_predictions(source, config.split.eval_reference_split)

@@ -21,7 +21,7 @@ import polars as pl
 
 from askshift.lib.report.support import example_grid
 from askshift.lib.robustness.agreement import AgreementLine, ALineResult, aline_fit
-from askshift.lib.robustness.atc import atc_estimates, bounded_atc_estimates, label_free_er
+from askshift.lib.robustness.atc import atc_estimates, cap_by_class_bound, label_free_er
 from askshift.lib.store import ExperimentStore
 from askshift.lib.support.evidence import (
     agreement,
@@ -268,11 +268,14 @@ def _common_examples(frames: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]
     return {m: f.filter(pl.col("index").is_in(common.implode())).sort("index") for m, f in frames.items()}
 
 
-def _estimates(method: str, reference, logits, groups) -> tuple[pl.DataFrame, ALineResult | None]:
+def _estimates(method: str, reference, logits, groups, found: dict[str, pl.DataFrame]
+               ) -> tuple[pl.DataFrame, ALineResult | None]:
+    """``method``'s estimates; ``found``: the estimates of the methods before it (the class bound caps ATC's)."""
     if method == "atc":
         return atc_estimates(reference, logits, groups), None
     if method == "atc_bounded":
-        return bounded_atc_estimates(reference, logits, groups), None
+        atc = found["atc"] if "atc" in found else atc_estimates(reference, logits, groups)  # raises as ATC did
+        return cap_by_class_bound(atc, reference, logits), None
     fit = aline_fit(reference, logits, groups)
     return fit.estimates, fit
 
@@ -299,11 +302,11 @@ def estimate_er_per_part(exp: ExperimentStore, membership: pl.DataFrame, models:
             continue
         logits = {m: np.stack(p.filter(pl.col("index").is_in(keep.implode()))["logits"].to_numpy())
                   for m, p in shifted.items()}
-        found, accuracies = {}, {}
+        found, estimated = {}, {}
         for method in METHODS:
             try:
-                estimates, fit = _estimates(method, reference, logits, model_groups)
-                accuracies[method] = estimates["shifted_accuracy"].to_numpy()
+                estimates, fit = _estimates(method, reference, logits, model_groups, estimated)
+                estimated[method] = estimates
                 result = label_free_er(estimates, baseline_group=baseline_group)
             except ValueError as exc:  # too few baselines or models, or all of them alike
                 messages[f"{part}, {method}"] = " ".join(str(exc).split())
@@ -320,8 +323,8 @@ def estimate_er_per_part(exp: ExperimentStore, membership: pl.DataFrame, models:
                 messages = {k: v for k, v in messages.items() if not k.startswith(f"{part}, ")} | {part: reasons.pop()}
             continue
         out_share = float((membership.filter(pl.col("index").is_in(keep.implode()))["support"] == "out").mean())
-        binding = (float((accuracies["atc_bounded"] < accuracies["atc"]).mean())
-                   if {"atc", "atc_bounded"} <= set(accuracies) else 0.0)
+        binding = (float((estimated["atc_bounded"]["shifted_accuracy"] < estimated["atc"]["shifted_accuracy"]).mean())
+                   if {"atc", "atc_bounded"} <= set(estimated) else 0.0)
         lead, why = headline_method(part, fits[part].line if part in fits else None, out_share, binding)
         if lead not in found:
             other = next(iter(found))

@@ -165,7 +165,12 @@ def bounded_atc_estimates(reference: Mapping[str, tuple[np.ndarray, np.ndarray]]
                           groups: Mapping[str, str], score: Score = "max_softmax") -> pl.DataFrame:
     """ATC's estimates, each capped by :func:`class_prior_bound` with the class shares of the model's labelled
     reference set (the same table as :func:`atc_estimates`)."""
-    table = atc_estimates(reference, shifted, groups, score)
+    return cap_by_class_bound(atc_estimates(reference, shifted, groups, score), reference, shifted)
+
+
+def cap_by_class_bound(table: pl.DataFrame, reference: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                       shifted: Mapping[str, np.ndarray]) -> pl.DataFrame:
+    """An :func:`atc_estimates` table with each model's estimate capped by its :func:`class_prior_bound`."""
     bounds = []
     for model in table["model"]:
         logits, labels = reference[model]
@@ -194,5 +199,5 @@ def label_free_er(estimates: pl.DataFrame, baseline_group: str = "baseline", sca
 
 __all__ = [
     "SCORES", "ESTIMATE_SCHEMA", "ATCModel", "confidence_scores", "fit_threshold", "estimate_accuracy", "fit_atc_model",
-    "atc_estimates", "bounded_atc_estimates", "class_prior_bound", "label_free_er",
+    "atc_estimates", "bounded_atc_estimates", "cap_by_class_bound", "class_prior_bound", "label_free_er",
 ]
