@@ -8,20 +8,13 @@ an argument and never keeps one of its own (``ASKSHIFT_LOADER_POOL=0`` still tur
 from __future__ import annotations
 
 from askshift.lib.data.loaders import LoaderPool
+from askshift.tasks.owned import ProcessOwned
 
 
-class TaskLoaderPool(LoaderPool):
-    """The tasks' pool.  Dask ships a task's function with the globals it reads (cloudpickle, by value, since a
-    Prefect task's function is not importable under its own name); the pool then travels as a reference to the
-    receiving process's own pool, never as a copy of this one (its lock and compiled loaders belong here)."""
+class TaskLoaderPool(ProcessOwned, LoaderPool):
+    """The tasks' pool: it travels to a Dask worker as that worker's own (``askshift.tasks.owned``)."""
 
-    def __reduce__(self):
-        return (process_pool, ())
-
-
-def process_pool() -> LoaderPool:
-    """This process's pool (what an unpickled reference to the tasks' pool becomes)."""
-    return LOADER_POOL
+    _global = (__name__, "LOADER_POOL")
 
 
 # Two idle loaders per (file, pipeline) serve two tasks that run side by side; eight keys cover the training and

@@ -19,21 +19,15 @@ from askshift.lib.support.classifier import (
 )
 from askshift.lib.support.ratios import auroc, fold_plan, tuning_fold
 from askshift.tasks.loader_pool import LOADER_POOL
+from askshift.tasks.owned import ProcessOwned
 from askshift.tasks.retry import retry_if_transient
 from askshift.tasks.tags import GPU_TAG
 
 
-class TaskImageCache(DomainImageCache):
-    """The split tasks' image cache; pickled into a Dask worker as a reference to that process's own cache (see
-    ``askshift.tasks.loader_pool.TaskLoaderPool``)."""
+class TaskImageCache(ProcessOwned, DomainImageCache):
+    """The split tasks' image cache: it travels to a Dask worker as that worker's own (``askshift.tasks.owned``)."""
 
-    def __reduce__(self):
-        return (process_image_cache, ())
-
-
-def process_image_cache() -> DomainImageCache:
-    """This process's image cache (what an unpickled reference to the tasks' cache becomes)."""
-    return DOMAIN_IMAGES
+    _global = (__name__, "DOMAIN_IMAGES")
 
 
 # The folds and learning-rate points of a split, run as threads of one process, read the in-memory domain-classifier
