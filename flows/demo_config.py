@@ -145,36 +145,47 @@ class DemoConfig(BaseModel):
     device: str = Field("cpu", json_schema_extra={"pattern": r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"},
                         description="cpu (the demo's target), auto, cuda, cuda:N")
     shifts: tuple[DemoShift, ...] = Field(DEFAULT_SHIFTS, description="the shifts studied, each a preset's target")
-    include_extra: bool | None = variant_field("include_extra", description="run the labelled extra shifts (tint_p=0.9)")
+    include_extra: bool | None = variant_field(
+        "include_extra", description="run the labelled extra shifts (tint_p=0.9)")
     # from-scratch baselines: epochs x training-set fractions x widths, every kept epoch a model
     baseline_model: str = Field("cnn:small", json_schema_extra={"pattern": r"^cnn:\S+$"},
                                 description="architecture of the baselines and the pre-trained model (a cnn: name)")
-    baseline_widths: tuple[Annotated[float, Field(gt=0)], ...] | None = variant_field("baseline_widths", json_schema_extra={"minItems": 1}, description="width multipliers of the baselines")
-    baseline_fractions: tuple[Annotated[float, Field(gt=0, le=1)], ...] | None = variant_field("baseline_fractions", json_schema_extra={"minItems": 1},
+    baseline_widths: tuple[Annotated[float, Field(gt=0)], ...] | None = variant_field(
+        "baseline_widths", json_schema_extra={"minItems": 1}, description="width multipliers of the baselines")
+    baseline_fractions: tuple[Annotated[float, Field(gt=0, le=1)], ...] | None = variant_field(
+        "baseline_fractions", json_schema_extra={"minItems": 1},
         description="fractions of the training set, each more than 0 and at most 1; one baseline family each")
-    baseline_epochs: int | None = variant_field("baseline_epochs", ge=1, description="training epochs of each baseline")
-    baseline_keep_epochs: tuple[Annotated[int, Field(ge=1)], ...] | None = variant_field("baseline_keep_epochs", description="epochs kept as baseline models: late ones, after the warm-up, as the paper keeps "
-                                  "epochs 51-85 of 100")
-    baseline_seeds: int | None = variant_field("baseline_seeds", ge=1, description="seeds per width and fraction (the demo seed, then seed + 1000, ...)")
+    baseline_epochs: int | None = variant_field(
+        "baseline_epochs", ge=1, description="training epochs of each baseline")
+    baseline_keep_epochs: tuple[Annotated[int, Field(ge=1)], ...] | None = variant_field(
+        "baseline_keep_epochs", description="epochs kept as baseline models: late ones, after the warm-up, as the "
+                                            "paper keeps epochs 51-85 of 100")
+    baseline_seeds: int | None = variant_field(
+        "baseline_seeds", ge=1, description="seeds per width and fraction (the demo seed, then seed + 1000, ...)")
     # local pre-training (askshift pretrain's glyph corpus); cached in STORE/_cache/pretrained/
-    pretrain_steps: int | None = variant_field("pretrain_steps", ge=1, description="optimisation steps of the local glyph pre-training")
+    pretrain_steps: int | None = variant_field(
+        "pretrain_steps", ge=1, description="optimisation steps of the local glyph pre-training")
     pretrain_seed: int = Field(0, ge=0, description="fixed, like a published checkpoint: every demo seed fine-tunes "
                                                     "the same one")
     # fine-tuning of the pre-trained model
     strategies: tuple[Literal["ft", "lp-ft", "lp"], ...] = Field(
         ("ft", "lp-ft"), json_schema_extra={"minItems": 1}, description="fine-tuning strategies: ft, lp-ft, lp")
-    control: bool | None = variant_field("control", description="also train the same architecture from scratch with the FT recipe")
-    lr_grid: tuple[Annotated[float, Field(gt=0)], ...] | None = variant_field("lr_grid", json_schema_extra={"minItems": 1}, description="fine-tuning learning rates swept")
+    control: bool | None = variant_field(
+        "control", description="also train the same architecture from scratch with the FT recipe")
+    lr_grid: tuple[Annotated[float, Field(gt=0)], ...] | None = variant_field(
+        "lr_grid", json_schema_extra={"minItems": 1}, description="fine-tuning learning rates swept")
     copies: int | None = variant_field("copies", ge=1, description="seeds trained at the selected learning rate")
     finetune_epochs: int | None = variant_field("finetune_epochs", ge=1, description="fine-tuning epochs")
-    lp_epochs: int | None = variant_field("lp_epochs", ge=1, description="linear-probe epochs (LP, and LP-FT's first stage)")
+    lp_epochs: int | None = variant_field(
+        "lp_epochs", ge=1, description="linear-probe epochs (LP, and LP-FT's first stage)")
     finetune_batch_size: int = Field(64, ge=1, description="fine-tuning batch size")
     # the mixed natural-like shift and its split
     split: bool = Field(True, description="run the mixed shift and the split flow")
     mixture_out_fraction: float = Field(0.5, gt=0, lt=1, description="share of out-of-support examples in the "
                                                                      "mixed shift, more than 0 and less than 1")
     split_folds: int | None = variant_field("split_folds", ge=2, description="cross-fitting folds of the split flow")
-    split_epochs: int | None = variant_field("split_epochs", ge=1, description="training epochs of the domain classifier")
+    split_epochs: int | None = variant_field(
+        "split_epochs", ge=1, description="training epochs of the domain classifier")
     split_lrs: tuple[Annotated[float, Field(gt=0)], ...] = Field(
         (3e-3,), json_schema_extra={"minItems": 1}, description="learning rates of the domain classifier")
 

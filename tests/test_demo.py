@@ -311,7 +311,8 @@ def test_label_free_er_gets_the_sign_and_size_of_the_true_er_on_the_demo_shifts(
     # Out-of-support (unseen tint): ATC overstates every model's accuracy and gets the sign wrong; the class bound
     # brings the estimate to the truth's side and within a few points (seeds 3, 0, 773: within 0.6 to 8.6 points).
     for group in ("ft", "lp-ft"):
-        (plain, true), (bounded, _) = found["out_of_support", group, "atc"], found["out_of_support", group, "atc_bounded"]
+        plain, true = found["out_of_support", group, "atc"]
+        bounded, _ = found["out_of_support", group, "atc_bounded"]
         assert plain > true + 0.1 and bounded <= 0.02 and abs(bounded - true) < abs(plain - true) / 2, (
             group, plain, bounded, true)
     # ALine-D: the unseen tint weakens the agreement line (r 0.36 to 0.66 on seeds 3, 0, 773), which the report
