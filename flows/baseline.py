@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.futures import as_completed, wait
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from askshift.flows.backends import LocalTaskRunner
 from askshift.flows.naming import baseline_name, run_name
 from askshift.flows.report import ReportConfig, publish_report_result, report
 from askshift.lib.data.specs import get_spec
@@ -145,7 +145,7 @@ class BaselineConfig(BaseModel):
         ]
 
 
-@flow(name="synthetic-shift-baseline", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
+@flow(name="synthetic-shift-baseline", task_runner=LocalTaskRunner(), log_prints=True,
       flow_run_name=run_name(baseline_name))
 def synthetic_shift_baseline(config: BaselineConfig) -> str:
     """Train from-scratch models on the reference distribution, predict every kept checkpoint on the reference

@@ -17,9 +17,8 @@ from typing import Any, Iterator
 import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from askshift.flows.backends import on_caller_backend
+from askshift.flows.backends import LocalTaskRunner, on_caller_backend
 from askshift.flows.demo_config import (
     DEMO_EXPERIMENT,
     DemoConfig,
@@ -173,7 +172,7 @@ def split_config(config: DemoConfig, spec_path: str):
 # --- the flow --------------------------------------------------------------------------------------------------
 
 
-@flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=1), flow_run_name=run_name(demo_name))
+@flow(name="demo", task_runner=LocalTaskRunner(), flow_run_name=run_name(demo_name))
 def demo(config: DemoConfig = DemoConfig()) -> str:
     """The paper's experiment in miniature: does pre-training help under this shift?  Returns the report path.
 
@@ -207,8 +206,9 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
         for preset in presets:
             spec = get_spec(preset, dataset=config.dataset)
             for split in spec.splits():
-                write_split(spec, split, str(config.store.resolved_cache_dir()))
-        mixed_files = build_mixed_shift(config) if config.split else None
+                # Submitted, not called: the flow's runner leaves the run's tags off task runs (LocalTaskRunner).
+                write_split.submit(spec, split, str(config.store.resolved_cache_dir())).result()
+        mixed_files = build_mixed_shift.submit(config).result() if config.split else None
         _update_progress(artifact, 5.0)
 
         progress.enter("pre-training", "glyph corpus stand-in for CLIP/AugReg (cached after the first run)")
@@ -242,12 +242,12 @@ def demo(config: DemoConfig = DemoConfig()) -> str:
             split = on_caller_backend(split_shift)
             if split is split_shift:
                 # In this process, one fold at a time: parallel folds would share torch's global RNG and threads.
-                split = split_shift.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+                split = split_shift.with_options(task_runner=LocalTaskRunner())
             split(split_config(config, mixed_files["spec"]))
 
         progress.enter("report", "ER per shift and group, both fit views, plots")
-        result = write_demo_report(config, time.monotonic() - started, models)
-    publish_demo_artifacts(result, str(store))
+        result = write_demo_report.submit(config, time.monotonic() - started, models).result()
+    publish_demo_artifacts.submit(result, str(store)).result()
     _update_progress(artifact, 100.0)
     _say(progress.line(f"finished in {format_duration(time.monotonic() - started)}"))
     publish_demo_result(config, result, str(store), time.monotonic() - started)

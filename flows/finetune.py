@@ -6,10 +6,9 @@ from typing import Annotated, Any, Callable
 
 from prefect import flow
 from prefect.futures import as_completed, wait
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from askshift.flows.backends import on_caller_backend
+from askshift.flows.backends import LocalTaskRunner, on_caller_backend
 from askshift.flows.baseline import BaselineConfig, synthetic_shift_baseline
 from askshift.flows.naming import ablation_name, finetune_name, run_name
 from askshift.flows.report import ReportConfig, publish_report_result, report
@@ -153,7 +152,7 @@ def pretrain_path(config: FinetuneConfig, model: str) -> Path:
     return config.store.resolved_cache_dir() / "pretrained" / f"glyphs-{safe_name(model)}-{content_hash(pre)}.pt"
 
 
-@flow(name="pretrained-finetune", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
+@flow(name="pretrained-finetune", task_runner=LocalTaskRunner(), log_prints=True,
       flow_run_name=run_name(finetune_name))
 def pretrained_finetune(config: FinetuneConfig) -> dict:
     """Fine-tune pre-trained models on the reference distribution and measure their effective robustness.
@@ -419,7 +418,7 @@ class AblationConfig(BaseModel):
         }
 
 
-@flow(name="hparam-ablation", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
+@flow(name="hparam-ablation", task_runner=LocalTaskRunner(), log_prints=True,
       flow_run_name=run_name(ablation_name))
 def hparam_ablation(config: AblationConfig) -> dict:
     """Run (or reuse) the fine-tuning experiment for one (model, strategy), then retrain it with one

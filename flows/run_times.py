@@ -1,4 +1,4 @@
-"""How long each of a tagged run's task runs took, read back from the Prefect API (for askshift.flows.time_budget)."""
+"""How long each task run of a tagged run took, read back from the Prefect API (for askshift.flows.time_budget)."""
 from __future__ import annotations
 
 import importlib
@@ -24,17 +24,20 @@ def _task_names() -> dict[str, str]:
 
 
 def task_seconds(tag: str, page: int = 200) -> list[tuple[str, float]]:
-    """(task name, run seconds) of every task run carrying ``tag`` (subflows included: tags are inherited)."""
+    """(task name, run seconds) of every task run of a flow run carrying ``tag`` (subflows inherit the tag; the
+    local runner's task runs carry none, ``askshift.flows.backends.LocalTaskRunner``)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterSubFlowRuns, TaskRunFilterTags
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, TaskRunFilter, TaskRunFilterSubFlowRuns
 
     names = _task_names()
-    task_filter = TaskRunFilter(tags=TaskRunFilterTags(all_=[tag]), subflow_runs=TaskRunFilterSubFlowRuns(exists_=False))
+    flow_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]))
+    task_filter = TaskRunFilter(subflow_runs=TaskRunFilterSubFlowRuns(exists_=False))
     out: list[tuple[str, float]] = []
     with get_client(sync_client=True) as client:
         offset = 0
         while True:
-            runs = client.read_task_runs(task_run_filter=task_filter, limit=page, offset=offset)
+            runs = client.read_task_runs(flow_run_filter=flow_filter, task_run_filter=task_filter, limit=page,
+                                         offset=offset)
             out += [(names.get(r.task_key, r.name), r.total_run_time.total_seconds()) for r in runs]
             if len(runs) < page:
                 return out

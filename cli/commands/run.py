@@ -141,7 +141,7 @@ def _task_names() -> dict[str, str]:
 
 
 def _failed_runs(run_tag: str, wait_s: float = 5.0):
-    """(failed task runs, failed flow runs) tagged ``run_tag``, first failure first.
+    """(failed task runs, failed flow runs) of the flow runs tagged ``run_tag``, first failure first.
 
     Task run states reach the API as events, a moment after the task failed: queued events are sent first and the
     API is asked again for up to ``wait_s`` seconds until a failed task run shows up.
@@ -156,7 +156,6 @@ def _failed_runs(run_tag: str, wait_s: float = 5.0):
         TaskRunFilterState,
         TaskRunFilterStateType,
         TaskRunFilterSubFlowRuns,
-        TaskRunFilterTags,
     )
     from prefect.client.schemas.objects import StateType
 
@@ -165,16 +164,16 @@ def _failed_runs(run_tag: str, wait_s: float = 5.0):
     drain_prefect_workers()
     failed = [StateType.FAILED, StateType.CRASHED]
     task_filter = TaskRunFilter(
-        tags=TaskRunFilterTags(all_=[run_tag]),
         state=TaskRunFilterState(type=TaskRunFilterStateType(any_=failed)),
         subflow_runs=TaskRunFilterSubFlowRuns(exists_=False),  # a failed subflow's stand-in task run
     )
+    tagged = FlowRunFilter(tags=FlowRunFilterTags(all_=[run_tag]))  # task runs are found through their flow runs
     flow_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[run_tag]),
                                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=failed)))
     deadline = time.monotonic() + wait_s
     with get_client(sync_client=True) as client:
         while True:
-            task_runs = client.read_task_runs(task_run_filter=task_filter)
+            task_runs = client.read_task_runs(flow_run_filter=tagged, task_run_filter=task_filter)
             if task_runs or time.monotonic() >= deadline:
                 break
             time.sleep(0.5)
