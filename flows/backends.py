@@ -56,12 +56,13 @@ def check_backend_choice(backend: str, profile: str | None) -> None:
 
 
 class LocalTaskRunner(ThreadPoolTaskRunner):
-    """Prefect's thread-pool runner, one worker by default, whose task runs carry no tags.
+    """Prefect's thread-pool runner, one worker by default, whose task runs carry neither ``gpu`` nor the run's tags.
 
     A tagged task run asks Prefect's API for a tag concurrency slot before it starts: measured on the quick demo,
     102 task runs spent 15 s there, 8 of them more than a second, for limits that one worker at a time never
-    needs. So the ``gpu`` tag is left off and the surrounding ``tags(...)`` context is not applied to task runs;
-    flow runs keep their tags, and a run's task runs are found through them (``askshift.flows.run_times``).
+    needs. So the ``gpu`` tag is left off and the surrounding ``tags(...)`` context is not applied to task runs (a
+    tag a task declares for its own reasons stays); flow runs keep their tags, and a run's task runs are found
+    through them (``askshift.flows.run_times``).
     """
 
     def __init__(self, max_workers: int | None = 1):

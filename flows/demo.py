@@ -103,7 +103,7 @@ def finetune_config(config: DemoConfig, shift: str, experiment: str, pretrained:
     hparams = MINIATURE.model_copy(update={
         "epochs": config.finetune_epochs, "warmup_epochs": min(1.0, config.finetune_epochs / 4),
         "batch_size": config.finetune_batch_size, "lr_grid": config.lr_grid, "copies": config.copies,
-        "lp_epochs": config.lp_epochs,
+        "lp_epochs": config.lp_epochs, "lp_lr": config.lp_lr,
     })
     return FinetuneConfig(
         dataset=config.dataset, shift=shift, store=config.store.resolved(), experiment=experiment,
