@@ -262,7 +262,9 @@ def build_demo_report(config: DemoConfig, seconds: float | None = None,
         f"pre-trained on a generated corpus of letter glyphs ({config.pretrain_steps} steps; a local stand-in for "
         f"CLIP/AugReg{_pretrain_accuracy(config)}), fine-tuned with {', '.join(s.upper() for s in config.strategies)} "
         f"(learning rate picked on reference validation from {', '.join(f'{lr:g}' for lr in config.lr_grid)}, "
-        f"{config.copies} copies). Control (`scratch-same-arch`): the same architecture trained from scratch with the "
+        f"{config.copies} copies; the probe stage of LP-FT trains the head alone for {config.lp_epochs} epochs at "
+        f"{config.lp_lr:g}, to convergence, so that fine-tuning starts from a head that already reads the features). "
+        f"Control (`scratch-same-arch`): the same architecture trained from scratch with the "
         f"fine-tuning recipe. {n_models} models evaluated in all"
         + (f"; the run took {format_duration(seconds)}." if seconds is not None else "."),
         "",
