@@ -9,7 +9,7 @@ DESCRIPTION = """\
 The paper's experiment in miniature on the bundled digits data, on CPU, with no server, cluster, GPU or
 download: train small CNNs from scratch (the baselines: epochs x training fractions x widths), pre-train
 the same CNN on a generated glyph corpus (a local stand-in for CLIP/AugReg; cached), fine-tune it with FT
-and LP-FT (learning rate picked on reference validation, 3 copies) plus a same-architecture from-scratch
+and LP-FT (learning rate picked on reference validation, 4 copies) plus a same-architecture from-scratch
 control, and measure effective robustness (ER) on two out-of-support shifts (unseen tint, vertical flip)
 and two in-support shifts (spurious tint p=0.5, class proportions p=0.2), plus the spurious tint at
 p=0.9 as a labelled extra; then split a mixed natural-like shift into in-support and out-of-support
