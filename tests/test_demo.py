@@ -168,8 +168,20 @@ def test_quick_variant_drops_the_extra_shift_and_full_variant_keeps_it():
     quick, full = DemoConfig.make(quick=True), DemoConfig.make()
     assert [s.name for s in quick.active_shifts()] == list(QUICK_SHIFTS)[:4]
     assert [s.name for s in full.active_shifts()] == [s.name for s in DEFAULT_SHIFTS]
-    assert full.copies == 3 and set(full.strategies) == {"ft", "lp-ft"} and full.control
+    assert full.copies == 4 and set(full.strategies) == {"ft", "lp-ft"} and full.control  # the paper's 4 copies
     assert quick.planned_runs() < full.planned_runs()
+
+
+def test_the_full_demo_fine_tunes_with_a_converged_probe_and_the_miniature_grid():
+    """What keeps the corpus's flip invariance through fine-tuning (README: how the fine-tuning keeps what the
+    corpus taught): the values reach the fine-tuning flow's recipe, not only the demo's config."""
+    from askshift.flows.demo import finetune_config
+
+    hparams = finetune_config(DemoConfig.make(), "out_of_support", "probe").hparams
+    assert hparams.lr_grid == (3e-3, 1e-3, 3e-4) and hparams.copies == 4
+    assert hparams.lp_epochs == 10 and hparams.lp_lr == 3e-2 and hparams.epochs == 4
+    quick = finetune_config(DemoConfig.make(quick=True), "out_of_support", "probe").hparams
+    assert quick.lp_epochs == 1 and quick.lp_lr == 1e-2 and quick.lr_grid == (3e-3,)
 
 
 def test_quick_is_the_quick_demo_whichever_way_the_config_is_built():
