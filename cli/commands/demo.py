@@ -30,8 +30,8 @@ the report."""
 
 EPILOG = """\
 examples:
-  askshift demo                          full demo (about 7-11 minutes on 2 CPU cores from a cold start, 1-2 when cached)
-  askshift demo --quick --store /tmp/s   the smoke version (about 2 minutes; no extra shift, fewer models)
+  askshift demo                          full demo (about 8 minutes on 2 CPU cores from a cold start, under 1 when cached)
+  askshift demo --quick --store /tmp/s   the smoke version (about 1.5 minutes; no extra shift, fewer models)
   askshift demo --seed 3                 another seed (same seed and store: same tables, nothing retrained)
   askshift demo --seeds 0,1,2            three seeds, then the mean ER over seeds and how many agree (STORE/demo/seeds.md)
 """
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="the paper's experiment in miniature on CPU (start here)",
                             description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="smoke version, about 2 minutes: fewer and shorter runs, 2 copies, no tint_p=0.9 extra")
+                        help="smoke version, about 1.5 minutes: fewer and shorter runs, 2 copies, no tint_p=0.9 extra")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the baselines, fine-tuning copies, mixture and split (default 0); the same seed "
                              "gives the same tables")
