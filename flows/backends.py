@@ -67,7 +67,7 @@ class LocalTaskRunner(ThreadPoolTaskRunner):
 
     def __init__(self, max_workers: int | None = 1):
         super().__init__(max_workers=max_workers)
-        self._untagged: dict[int, Any] = {}
+        self._untagged: dict[int, tuple[Any, Any]] = {}  # id(task) -> (task, its copy without the gpu tag)
 
     def submit(self, task, parameters, wait_for=None, dependencies=None):
         from prefect.context import TagsContext
@@ -79,10 +79,11 @@ class LocalTaskRunner(ThreadPoolTaskRunner):
     def _without_gpu_tag(self, task):
         if GPU_TAG not in (task.tags or set()):
             return task
+        # One copy per task object. The entry holds the task itself, so its id cannot be reused while it is cached.
         key = id(task)
-        if key not in self._untagged:  # one copy per task object; the original stays referenced by its module
-            self._untagged[key] = task.with_options(tags=set(task.tags) - {GPU_TAG})
-        return self._untagged[key]
+        if key not in self._untagged:
+            self._untagged[key] = (task, task.with_options(tags=set(task.tags) - {GPU_TAG}))
+        return self._untagged[key][1]
 
 
 def _runner_classes():

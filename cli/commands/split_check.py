@@ -49,8 +49,7 @@ def check(seed: int, store: str, keep: bool = True) -> float:
 
     # Tiny convolutions gain nothing from intra-op threads; two folds in parallel use the cores instead.
     torch.set_num_threads(1)
-    from prefect.task_runners import ThreadPoolTaskRunner
-
+    from askshift.flows.backends import LocalTaskRunner
     from askshift.flows.split import SplitConfig, split_shift
     from askshift.lib.store import StoreOptions
     from askshift.lib.support.known_answer import (
@@ -80,7 +79,7 @@ def check(seed: int, store: str, keep: bool = True) -> float:
                          examples_per_row=8)
     say(f"running the split flow: {CHECK_FOLDS}-fold cross-fitting of a {config.classifier.model} domain "
         f"classifier, learning rates {', '.join(f'{lr:g}' for lr in config.classifier.lrs)}")
-    flow = split_shift.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    flow = split_shift.with_options(task_runner=LocalTaskRunner(max_workers=2))
     result = flow(config)["shifted"]
     say(f"domain classifier AUROC {result['auroc']:.3f} (lr {result['lr']:g}, alpha {result['alpha']:.3g})")
 
