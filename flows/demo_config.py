@@ -85,7 +85,7 @@ FULL_VALUES: dict = dict(
     pretrain_steps=1500,
     # The miniature recipe's own grid: the fine-tuning LR stops where a converged probe's features start to be
     # overwritten (1e-2 reached 0.98 reference accuracy and lost the flip invariance: vflip ER +0.02 against +0.13
-    # at 3e-3, scratch/flipexp in the issue 13 note), as the paper's grid for CLIP stops at 3e-4.
+    # at 3e-3, measured for issue 13 and given in the README), as the paper's grid for CLIP stops at 3e-4.
     lr_grid=(3e-3, 1e-3, 3e-4),
     copies=4,  # the paper's 4 copies: with 3, FT's interval on unseen tint spanned [-10%, +69%] on seed 2
     finetune_epochs=4,

@@ -14,7 +14,8 @@ def test_wall_time_is_split_by_task_kind_and_the_rest_is_orchestration():
     assert seconds == {"data": 5.0, "pre-training": 15.0, "training": 50.0, "prediction": 10.0, "reporting": 4.0,
                        "orchestration": 16.0}  # the 16 s no listed task covers (1 s of them an unknown task)
     assert table["share"].sum() == pytest.approx(1.0)
-    assert overhead_share(table) == pytest.approx(0.25)  # data 5 + reporting 4 + orchestration 16; pre-training is compute
+    # data 5 + reporting 4 + orchestration 16; pre-training is compute
+    assert overhead_share(table) == pytest.approx(0.25)
     assert "over the 15% target" in budget_lines(table, 100.0)[1]
 
 

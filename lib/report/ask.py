@@ -8,8 +8,8 @@ whose estimates disagree in sign, and leads each part with one of them (:func:`h
 images, where its calibration assumption holds; on out-of-support ones, where models are often confidently wrong and
 ATC overstates their accuracy, the class bound when it caps most models (their predictions pile up on a few classes),
 else ALine-D; the whole set follows its majority part.  The rule and the measurements behind it are
-:data:`HEADLINE_RULE`, printed in the report; ``benchmarks/label_free_er.py`` reproduces them.  A weak agreement line (r < 0.9) marks a part where ALine-D missed
-by 17 points on average on the demo.
+:data:`HEADLINE_RULE`, printed in the report; ``benchmarks/label_free_er.py`` reproduces them.  A weak agreement
+line (r < 0.9) marks a part where ALine-D missed by 17 points on average on the demo.
 """
 from __future__ import annotations
 
@@ -179,8 +179,8 @@ def _er_lines(er: dict[str, Any] | None) -> list[str]:
               "predictions allow if the shifted images keep the reference's class proportions (1 - the total "
               "variation between its predicted classes and those proportions); it catches models that send most "
               "images to a few classes, and is wrong under label shift. **ALine-D** (agreement-on-the-line): how "
-              "often each pair of models predicts the same class, on the reference and on the shifted images; it assumes the pairs' agreements "
-              "fall on a line (its r is below) and that models err on different classes. ER in points, 95% interval "
+              "often each pair of models predicts the same class, on the reference and on the shifted images; it "
+              "assumes the pairs' agreements fall on a line (its r is below) and that models err on different classes. ER in points, 95% interval "
               "of the group mean (the line's error, not the method's bias); the leading estimate is in bold.", "",
               f"Which one leads: {HEADLINE_RULE}", "",
               "| part | group | models | " + " | ".join(f"{METHOD_NAMES[m]}: ER (estimate)" for m in METHODS)
